@@ -1,0 +1,18 @@
+"""kdreid: knowledge distillation for person re-identification, as a FastReID plugin.
+
+Importing :mod:`kdreid` repairs fastreid 1.4.0 for today's Python/torch/numpy and for the CPU
+(:mod:`kdreid.compat`), makes FastReID's data errors name their files (:mod:`kdreid.data.checks`) and
+registers kdreid's datasets (:mod:`kdreid.data`).
+"""
+
+from kdreid import compat
+
+compat.apply()
+
+from kdreid.data import checks  # noqa: E402
+
+checks.install()
+
+import kdreid.data  # noqa: E402, F401  (imported for registration: SynthReID datasets)
+
+__version__ = "0.1.0"

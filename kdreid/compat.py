@@ -1,0 +1,239 @@
+"""Make fastreid 1.4.0 run on today's Python, torch and numpy, and on CPU.
+
+fastreid 1.4.0 (the last release on PyPI) was written for Python 3.8, torch 1.13, numpy 1.23. Each
+function below repairs exactly one incompatibility, names the version that broke it, and is applied
+once by :func:`apply` (called when :mod:`kdreid` is imported). Nothing else in fastreid is changed.
+
+=====================================  ======================================  ====================
+repair                                 what breaks without it                  broken since
+=====================================  ======================================  ====================
+``collections.Mapping``                ``fastreid.data``, ``.evaluation``      Python 3.10
+``torch._six``                         ``fastreid.data.build``                 torch 2.0
+``np.bool``                            ``evaluation.rank.eval_cuhk03``         numpy 1.24 (to 2.0)
+CPU data loader                        ``DataLoaderX`` always makes CUDA       (any CPU machine)
+                                       streams and calls ``set_device``;
+                                       its prefetch thread swallows errors     (always)
+no run-time Cython                     ``ReidEvaluator`` runs ``make`` and     (any machine without
+                                       calls ``sys.exit(1)`` if it fails       a compiler/Cython)
+no ``sys.exit`` in ``verify_results``  a failed check kills the process        (always)
+weights-only checkpoint loading        ``Checkpointer`` unpickles arbitrary    (always; torch < 2.6
+                                       objects                                 by default)
+=====================================  ======================================  ====================
+"""
+
+import collections
+import collections.abc
+import importlib.util
+import logging
+import math
+import sys
+import types
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["apply", "CheckpointLoadError"]
+
+logger = logging.getLogger(__name__)
+
+_applied = False
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint file could not be read as plain tensors."""
+
+
+def restore_collections_aliases():
+    """Python 3.10 removed the ABC aliases from :mod:`collections`; fastreid imports ``Mapping``."""
+    for name in ("Mapping", "MutableMapping", "Sequence", "Iterable"):
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+
+
+def provide_torch_six():
+    """torch 2.0 removed ``torch._six``; fastreid's collate function imports ``string_classes``."""
+    if importlib.util.find_spec("torch._six") is None:
+        six = types.ModuleType("torch._six")
+        six.string_classes = (str, bytes)
+        six.inf = math.inf
+        sys.modules["torch._six"] = six
+        torch._six = six
+
+
+def restore_numpy_bool():
+    """numpy 1.24 removed ``np.bool`` (numpy 2.0 brought it back as ``np.bool_``)."""
+    if "bool" not in np.__dict__:
+        np.bool = np.bool_
+
+
+class _RaisedInPrefetch:
+    """Carries an exception from ``BackgroundGenerator``'s thread to the consumer."""
+
+    def __init__(self, exc):
+        self.exc = exc
+
+
+def cpu_safe_data_loader():
+    """Let ``DataLoaderX`` run without CUDA, and let its errors reach the training loop.
+
+    fastreid's ``DataLoaderX`` makes a CUDA stream in ``__init__``, calls ``torch.cuda.set_device``
+    in its prefetch thread and copies every batch to ``cuda:<local_rank>``. Without a GPU the loader
+    now prefetches in the same background thread but leaves batches on the CPU (the model moves
+    them to its own device) and does not pin memory. With a GPU the original behaviour is kept.
+
+    Its prefetch thread (``BackgroundGenerator``) also dies silently when loading a batch raises
+    (an unreadable image, say), leaving the training loop blocked forever on an empty queue; the
+    exception is now handed to the consumer and raised there.
+    """
+    from fastreid.data import data_utils
+
+    loader_cls = data_utils.DataLoaderX
+    generator_cls = data_utils.BackgroundGenerator
+    original_init = loader_cls.__init__
+    original_preload = loader_cls.preload
+    original_next = loader_cls.__next__
+
+    def __init__(self, local_rank, **kwargs):
+        if torch.cuda.is_available():
+            original_init(self, local_rank, **kwargs)
+            return
+        kwargs["pin_memory"] = False
+        torch.utils.data.DataLoader.__init__(self, **kwargs)
+        self.stream = None
+        self.local_rank = local_rank
+
+    def preload(self):
+        if self.stream is not None:
+            return original_preload(self)
+        self.batch = next(self.iter, None)
+        return None
+
+    def __next__(self):
+        if self.stream is not None:
+            return original_next(self)
+        batch = self.batch
+        if batch is None:
+            raise StopIteration
+        self.preload()
+        return batch
+
+    def run(self):
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.set_device(self.local_rank)
+            for item in self.generator:
+                if self.exit_event.is_set():
+                    break
+                self.queue.put(item)
+        except BaseException as exc:
+            self.queue.put(_RaisedInPrefetch(exc))
+        self.queue.put(None)
+
+    def next_item(self):
+        item = self.queue.get()
+        if item is None:
+            raise StopIteration
+        if isinstance(item, _RaisedInPrefetch):
+            raise item.exc
+        return item
+
+    loader_cls.__init__ = __init__
+    loader_cls.preload = preload
+    loader_cls.__next__ = __next__
+    generator_cls.run = run
+    generator_cls.next = next_item
+
+
+def no_runtime_cython():
+    """Never compile Cython at run time, never exit the process from the evaluator.
+
+    ``ReidEvaluator.__init__`` runs ``make`` in site-packages when the compiled ranker is absent and
+    calls ``sys.exit(1)`` if that fails. kdreid's evaluator ranks in vectorised torch and needs no
+    compiled code; FastReID's own ``evaluate_rank`` falls back to its Python ranker by itself.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Cython rank evaluation")
+        from fastreid.evaluation import rank, reid_evaluation  # noqa: F401
+
+    def _compile_dependencies(self):
+        logger.debug("kdreid.compat: skipping fastreid's run-time Cython compilation")
+
+    reid_evaluation.ReidEvaluator._compile_dependencies = _compile_dependencies
+
+
+def verify_results_raises():
+    """``fastreid.evaluation.testing.verify_results`` calls ``sys.exit(1)``; raise instead."""
+    from fastreid.evaluation import testing
+
+    original = testing.verify_results
+
+    def verify_results(cfg, results):
+        try:
+            return original(cfg, results)
+        except SystemExit as exc:
+            raise AssertionError(
+                "Result verification failed (see the log for expected and actual results)"
+            ) from exc
+
+    testing.verify_results = verify_results
+
+
+def load_checkpoint_file(path):
+    """Load a checkpoint without executing pickled code (``torch.load(weights_only=True)``).
+
+    Args:
+        path (str): a local file.
+
+    Returns:
+        dict: the checkpoint's content (tensors, numbers, strings and containers of them).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointLoadError: the file is truncated, not a torch checkpoint, or holds pickled
+            objects other than tensors and plain containers.
+    """
+    try:
+        with open(path, "rb") as f:
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CheckpointLoadError(
+            f"Cannot load checkpoint '{path}': {type(exc).__name__}: {exc}\n"
+            "kdreid loads checkpoints with torch.load(weights_only=True): the file must be a "
+            "complete torch checkpoint holding only tensors, numbers, strings and containers of "
+            "them (no pickled Python objects)."
+        ) from exc
+
+
+def weights_only_checkpoints():
+    """fastreid's ``Checkpointer._load_file`` calls ``torch.load`` with full unpickling."""
+    from fastreid.utils.checkpoint import Checkpointer
+
+    def _load_file(self, f):
+        return load_checkpoint_file(f)
+
+    Checkpointer._load_file = _load_file
+
+
+_REPAIRS = (
+    restore_collections_aliases,
+    provide_torch_six,
+    restore_numpy_bool,
+    cpu_safe_data_loader,
+    no_runtime_cython,
+    verify_results_raises,
+    weights_only_checkpoints,
+)
+
+
+def apply():
+    """Apply every repair once; later calls do nothing."""
+    global _applied
+    if _applied:
+        return
+    # The first three must run before any fastreid module is imported.
+    for repair in _REPAIRS:
+        repair()
+    _applied = True

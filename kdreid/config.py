@@ -1,0 +1,162 @@
+"""Configuration: FastReID's defaults plus kdreid's keys plus every installed project's keys.
+
+Every config in kdreid (the trainer's, a teacher's, a test's) comes from :func:`get_cfg`, so one
+written by any project loads wherever kdreid runs. Projects declare their ``add_<method>_config``
+function as a ``kdreid.config_extensions`` entry point in ``setup.py``; the core never imports a
+project by name.
+"""
+
+import difflib
+import logging
+import os
+from importlib.metadata import entry_points
+
+import torch
+from fastreid.config import CfgNode
+from fastreid.config import get_cfg as get_fastreid_cfg
+
+from kdreid.errors import ConfigError
+
+__all__ = [
+    "add_kdreid_config",
+    "get_cfg",
+    "merge_from_file",
+    "merge_from_list",
+    "resolve_device",
+    "ENTRY_POINT_GROUP",
+]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "kdreid.config_extensions"
+
+
+def add_kdreid_config(cfg: CfgNode) -> None:
+    """Add the core's keys (under ``KDREID``) and kdreid's defaults for FastReID keys.
+
+    Args:
+        cfg: a FastReID config, modified in place.
+    """
+    # "auto": CUDA when torch sees a GPU, else CPU. "cuda" on a machine without one falls back to
+    # the CPU with a warning, so FastReID configs run unchanged anywhere.
+    cfg.MODEL.DEVICE = "auto"
+
+    cfg.KDREID = CfgNode()
+    # Print training metrics (losses, lr, ETA) every this many iterations.
+    cfg.KDREID.LOG_PERIOD = 20
+    # Show a progress bar while features are extracted for evaluation.
+    cfg.KDREID.PROGRESS = True
+    # Queries ranked at once by the evaluator; 0 picks the largest chunk within a memory budget.
+    cfg.KDREID.RANK_CHUNK = 0
+
+
+def _extensions():
+    return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def get_cfg() -> CfgNode:
+    """FastReID's default config with kdreid's and every installed project's keys added.
+
+    Returns:
+        A mutable config whose ``MODEL.DEVICE`` is ``"auto"`` (see :func:`resolve_device`).
+    """
+    cfg = get_fastreid_cfg()
+    add_kdreid_config(cfg)
+    for ep in _extensions():
+        ep.load()(cfg)
+    return cfg
+
+
+def _all_keys(node: CfgNode, prefix: str = ""):
+    for key, value in node.items():
+        full = prefix + key
+        yield full
+        if isinstance(value, CfgNode):
+            yield from _all_keys(value, full + ".")
+
+
+def _unknown_key(cfg: CfgNode, key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(f"Unknown config key '{key}' in {source}.{hint}")
+
+
+def _key_exists(cfg: CfgNode, key: str) -> bool:
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def merge_from_file(cfg: CfgNode, path: str) -> None:
+    """Merge a YAML file (with FastReID's ``_BASE_`` inheritance) into ``cfg``.
+
+    Raises:
+        ConfigError: the file does not exist, or names a key that no loaded extension defines.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as exc:
+        message = str(exc.args[0]) if exc.args else str(exc)
+        key = message.split(":", 1)[-1].strip()
+        raise _unknown_key(cfg, key, f"config file '{path}'") from None
+
+
+def merge_from_list(cfg: CfgNode, opts) -> None:
+    """Merge ``KEY VALUE`` pairs from the command line into ``cfg``.
+
+    Raises:
+        ConfigError: an odd number of items, or an unknown key.
+    """
+    if len(opts) % 2:
+        raise ConfigError(f"Command-line options must be KEY VALUE pairs; got {list(opts)}.")
+    for key in opts[0::2]:
+        if not _key_exists(cfg, key):
+            raise _unknown_key(cfg, key, "the command-line options")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (ValueError, AssertionError) as exc:
+        raise ConfigError(f"Invalid command-line option: {exc}") from None
+
+
+def resolve_device(cfg: CfgNode) -> str:
+    """Turn ``MODEL.DEVICE`` into a device torch can use, and AMP off where it cannot run.
+
+    ``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cuda"`` without a GPU
+    becomes ``"cpu"`` with a warning. ``SOLVER.AMP.ENABLED`` is switched off on the CPU (FastReID's
+    AMP trainer is CUDA-only). Logs the choice once.
+
+    Args:
+        cfg: a mutable config, modified in place.
+
+    Returns:
+        The resolved device string.
+    """
+    requested = str(cfg.MODEL.DEVICE)
+    has_cuda = torch.cuda.is_available()
+    if requested == "auto":
+        device = "cuda" if has_cuda else "cpu"
+    elif requested.startswith("cuda") and not has_cuda:
+        logger.warning("MODEL.DEVICE is '%s' but torch sees no GPU: using the CPU.", requested)
+        device = "cpu"
+    else:
+        try:
+            device = str(torch.device(requested))
+        except RuntimeError:
+            raise ConfigError(
+                f"MODEL.DEVICE '{requested}' is not a device; use 'auto', 'cpu' or 'cuda[:N]'."
+            ) from None
+    cfg.MODEL.DEVICE = device
+    if device == "cpu" and cfg.SOLVER.AMP.ENABLED:
+        logger.info("SOLVER.AMP.ENABLED ignored: mixed precision training needs CUDA.")
+        cfg.SOLVER.AMP.ENABLED = False
+    logger.info(
+        "Running on %s%s.",
+        device,
+        f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else "",
+    )
+    return device

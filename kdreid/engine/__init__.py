@@ -1,0 +1,16 @@
+"""Training and evaluation entry points shared by every kdreid project."""
+
+from kdreid.engine.checkpoint import AtomicCheckpointer, load_weights_strict
+from kdreid.engine.defaults import default_argument_parser, launch_main, main, setup
+from kdreid.engine.trainer import ProgressLoader, Trainer
+
+__all__ = [
+    "AtomicCheckpointer",
+    "ProgressLoader",
+    "Trainer",
+    "default_argument_parser",
+    "launch_main",
+    "load_weights_strict",
+    "main",
+    "setup",
+]

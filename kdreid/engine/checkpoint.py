@@ -1,0 +1,137 @@
+"""Checkpoints that survive a crash mid-write, and strict loading of weights for evaluation."""
+
+import logging
+import os
+import tempfile
+
+import torch
+from fastreid.utils.checkpoint import Checkpointer
+
+from kdreid.compat import CheckpointLoadError, load_checkpoint_file
+from kdreid.errors import WeightsError
+
+__all__ = ["AtomicCheckpointer", "atomic_write", "load_weights_strict"]
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Write a file so that readers see either the old content or the complete new one.
+
+    The content goes to a temporary file in the same folder, is flushed to disk, and replaces
+    ``path`` with one ``os.replace``. A crash at any point leaves the previous file intact.
+
+    Args:
+        path (str): the destination.
+        write_fn (Callable[[IO], None]): writes the content to the open temporary file.
+        mode (str): ``"wb"`` or ``"w"``.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class AtomicCheckpointer(Checkpointer):
+    """FastReID's ``Checkpointer``, writing the checkpoint and ``last_checkpoint`` tag atomically.
+
+    The tag is updated only after the checkpoint file is complete, so ``--resume`` after a crash
+    always finds a loadable checkpoint.
+    """
+
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        save_file = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info("Saving checkpoint to %s", save_file)
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(os.path.basename(save_file))
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename),
+            mode="w",
+        )
+
+
+def _format_keys(keys, limit=20):
+    shown = "\n".join(f"    {k}" for k in keys[:limit])
+    more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return shown + more
+
+
+def load_weights_strict(model, path):
+    """Load ``path``'s model weights into ``model``; anything that does not fit is an error.
+
+    Accepts a FastReID checkpoint (state dict under ``"model"``) or a bare state dict; strips a
+    ``module.`` prefix left by (Distributed)DataParallel. Parameters the model holds as empty
+    tensors (a classifier built with ``MODEL.HEADS.NUM_CLASSES 0``) keep their empty value.
+
+    Args:
+        model (torch.nn.Module): the model to fill.
+        path (str): a checkpoint file.
+
+    Raises:
+        WeightsError: ``path`` is empty, missing or unreadable, or its keys or shapes differ from
+            the model's (the message lists them).
+    """
+    if not path:
+        raise WeightsError(
+            "No weights to evaluate: pass the checkpoint as MODEL.WEIGHTS path/to/model_final.pth."
+        )
+    if not os.path.isfile(path):
+        raise WeightsError(f"MODEL.WEIGHTS '{path}' does not exist.")
+    try:
+        checkpoint = load_checkpoint_file(path)
+    except CheckpointLoadError as exc:
+        raise WeightsError(str(exc)) from exc
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(
+            f"'{path}' holds no state dict (expected a dict of tensors, or one "
+            "under the key 'model')."
+        )
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    expected = model.state_dict()
+    # A classifier built without a class count (MODEL.HEADS.NUM_CLASSES 0, as for evaluation) is
+    # empty; the checkpoint's classifier is training-only and is not loaded into it.
+    unused = sorted(k for k in set(state) & set(expected) if expected[k].numel() == 0)
+    for key in unused:
+        state[key] = expected[key]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"  missing in the checkpoint ({len(missing)}):\n{_format_keys(missing)}")
+    if unexpected:
+        problems.append(f"  not in the model ({len(unexpected)}):\n{_format_keys(unexpected)}")
+    if shapes:
+        problems.append(f"  different shapes ({len(shapes)}):\n{_format_keys(shapes)}")
+    if problems:
+        raise WeightsError(
+            f"Weights '{path}' do not fit the model {type(model).__name__}:\n" + "\n".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
+    logger.info(
+        "Loaded weights from %s%s",
+        path,
+        f" (not loaded, unused at inference: {', '.join(unused)})" if unused else "",
+    )

@@ -1,0 +1,36 @@
+"""Errors raised for bad user input: each message names the file or key and what was expected.
+
+Entry points (``train_net.py``, the demo) print these without a traceback and exit with status 2.
+"""
+
+__all__ = [
+    "UserInputError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "UnreadableImageError",
+    "WeightsError",
+]
+
+
+class UserInputError(Exception):
+    """Base class: the input is wrong, not the code."""
+
+
+class ConfigError(UserInputError, KeyError):
+    """A config file or command-line option names an unknown key or an invalid value."""
+
+    def __str__(self):
+        # KeyError quotes its message; print it as written.
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetNotFoundError(UserInputError, FileNotFoundError):
+    """A dataset folder is missing or does not have the expected layout."""
+
+
+class UnreadableImageError(UserInputError, OSError):
+    """An image file cannot be opened or decoded (missing, truncated, not an image)."""
+
+
+class WeightsError(UserInputError, RuntimeError):
+    """Model weights are missing, unreadable, or do not fit the model."""

@@ -1,0 +1,45 @@
+"""Installs the core package ``kdreid`` and the three project packages.
+
+Each project keeps its package beside its README and ``train_net.py`` (detectron2's ``projects/``
+layout); ``package_dir`` maps the import names to those folders, so no ``sys.path`` edits are
+needed. fastreid itself is installed separately with ``--no-deps`` (its wheel pins torch 1.13):
+see the Makefile.
+"""
+
+from setuptools import find_packages, setup
+
+PROJECTS = {
+    "mdpr": "projects/MDPR/mdpr",
+    "factorized_kd": "projects/FactorizedKD/factorized_kd",
+    "speed_kd": "projects/SpeedKD/speed_kd",
+}
+
+with open("requirements.txt") as f:
+    requirements = [
+        line.strip() for line in f if line.strip() and not line.startswith(("#", "torch"))
+    ]
+
+setup(
+    name="kdreid",
+    version="0.1.0",
+    description="Knowledge distillation for person re-identification, as a FastReID plugin",
+    python_requires=">=3.9",
+    packages=find_packages(include=["kdreid", "kdreid.*"])
+    + [
+        f"{name}.{sub}" if sub else name
+        for name, path in sorted(PROJECTS.items())
+        for sub in ["", *find_packages(path)]
+    ],
+    package_dir=PROJECTS,
+    install_requires=requirements + ["torch>=2.1", "torchvision>=0.16"],
+    extras_require={"gpu": ["faiss-gpu"]},
+    entry_points={
+        # get_cfg() adds every installed project's keys, so any project's config (a teacher's,
+        # say) loads wherever kdreid runs.
+        "kdreid.config_extensions": [
+            "mdpr = mdpr.config:add_mdpr_config",
+            "factorized_kd = factorized_kd.config:add_factorized_kd_config",
+            "speed_kd = speed_kd.config:add_speed_kd_config",
+        ],
+    },
+)

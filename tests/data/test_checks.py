@@ -1,0 +1,74 @@
+"""Missing datasets and broken images give errors that name the path and what was expected."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from kdreid.config import get_cfg, merge_from_file
+from kdreid.errors import DatasetNotFoundError, UnreadableImageError
+
+from ..conftest import REPO
+
+
+def test_missing_dataset_names_path_and_layout(tmp_path):
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    with pytest.raises(DatasetNotFoundError) as info:
+        DATASET_REGISTRY.get("Market1501")(root=str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path) in message
+    assert "bounding_box_train" in message and "query" in message  # the expected layout
+    assert "FASTREID_DATASETS" in message
+
+
+def test_missing_dataset_through_the_trainer(tmp_path, monkeypatch):
+    from fastreid.data import build
+
+    from kdreid.engine import Trainer
+
+    monkeypatch.setattr(build, "_root", str(tmp_path))
+    cfg = get_cfg()
+    merge_from_file(cfg, f"{REPO}/configs/Market1501/bagtricks_R50.yml")
+    with pytest.raises(DatasetNotFoundError, match="Market1501"):
+        Trainer.build_train_loader(cfg)
+
+
+@pytest.fixture
+def broken_tiny(datasets_root, tmp_path, monkeypatch):
+    """A private copy of SynthReID-tiny whose first training image is truncated."""
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    DATASET_REGISTRY.get("SynthReIDTiny")(root=str(datasets_root))  # generate once per session
+    shutil.copytree(datasets_root / "SynthReID-tiny", tmp_path / "SynthReID-tiny")
+    victim = sorted((tmp_path / "SynthReID-tiny" / "bounding_box_train").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    return tmp_path, victim
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_truncated_image_is_named(broken_tiny, num_workers, monkeypatch):
+    from fastreid.data import build
+
+    from kdreid.engine import Trainer
+
+    root, victim = broken_tiny
+    monkeypatch.setattr(build, "_root", str(root))
+    cfg = get_cfg()
+    merge_from_file(cfg, f"{REPO}/configs/Synthetic/tiny.yml")
+    cfg.DATALOADER.NUM_WORKERS = num_workers
+    cfg.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+    cfg.SOLVER.IMS_PER_BATCH = 96  # one batch holds every training image
+    loader = Trainer.build_train_loader(cfg)
+    with pytest.raises(UnreadableImageError, match=victim.name):
+        for _ in range(3):
+            next(iter(loader))
+
+
+def test_readable_images_still_load(fastreid_root):
+    from fastreid.data.common import CommDataset
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    data = DATASET_REGISTRY.get("SynthReIDTiny")(root=str(fastreid_root))
+    image = CommDataset(data.query, transform=None, relabel=False)[0]["images"]
+    assert np.asarray(image).shape == (128, 64, 3)

@@ -1,0 +1,203 @@
+"""The trainer end to end on SynthReID-tiny: train, checkpoint, evaluate, resume, bad input."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kdreid.config import get_cfg, merge_from_file, resolve_device
+from kdreid.engine import Trainer, main
+from kdreid.errors import ConfigError, WeightsError
+
+from ..conftest import REPO
+
+TINY = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
+PROJECTS = ("MDPR", "FactorizedKD", "SpeedKD")
+
+
+def _tiny_cfg(output_dir, **overrides):
+    cfg = get_cfg()
+    merge_from_file(cfg, TINY)
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.KDREID.PROGRESS = False
+    for key, value in overrides.items():
+        node = cfg
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    resolve_device(cfg)
+    return cfg
+
+
+def _args(**kwargs):
+    base = dict(
+        config_file=TINY,
+        eval_only=False,
+        resume=False,
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
+        dist_url="tcp://127.0.0.1:1",
+        opts=[],
+    )
+    base.update(kwargs)
+    return argparse.Namespace(**base)
+
+
+def test_train_checkpoint_and_eval_only_agree(fastreid_root, tmp_path):
+    cfg = _tiny_cfg(tmp_path)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    results = trainer.train()
+
+    for key in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP"):
+        assert 0.0 <= results[key] <= 100.0, key
+    changed = [
+        k
+        for k, v in trainer.model.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, before[k])
+    ]
+    assert len(changed) > 10  # the optimiser really stepped
+    with open(tmp_path / "metrics.json") as f:
+        logged = [json.loads(line) for line in f]
+    assert any("loss_cls" in entry for entry in logged)
+    assert all(torch.isfinite(torch.tensor(e["total_loss"])) for e in logged if "total_loss" in e)
+
+    final = tmp_path / "model_final.pth"
+    assert final.is_file()
+    evaluated = main(
+        _args(
+            eval_only=True,
+            opts=[
+                "MODEL.WEIGHTS",
+                str(final),
+                "OUTPUT_DIR",
+                str(tmp_path / "eval"),
+                "KDREID.PROGRESS",
+                "False",
+            ],
+        )
+    )
+    assert evaluated["mAP"] == pytest.approx(results["mAP"], abs=1e-6)
+    assert evaluated["Rank-1"] == pytest.approx(results["Rank-1"], abs=1e-6)
+
+
+def test_eval_only_without_weights(fastreid_root, tmp_path):
+    with pytest.raises(WeightsError, match="MODEL.WEIGHTS"):
+        main(_args(eval_only=True, opts=["OUTPUT_DIR", str(tmp_path)]))
+    with pytest.raises(WeightsError, match="nothing.pth"):
+        main(
+            _args(
+                eval_only=True,
+                opts=["OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", str(tmp_path / "nothing.pth")],
+            )
+        )
+
+
+def test_eval_only_with_weights_of_another_model(fastreid_root, tmp_path):
+    other = _tiny_cfg(tmp_path, **{"MODEL.BACKBONE.DEPTH": "34x", "MODEL.HEADS.NUM_CLASSES": 16})
+    path = tmp_path / "r34.pth"
+    torch.save({"model": Trainer.build_model(other).state_dict()}, path)
+    with pytest.raises(WeightsError, match="backbone.layer1.2"):
+        main(_args(eval_only=True, opts=["OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", str(path)]))
+
+
+def test_imagenet_weights_that_are_not_on_disk(tmp_path):
+    cfg = _tiny_cfg(
+        tmp_path,
+        **{"MODEL.BACKBONE.PRETRAIN": True, "MODEL.BACKBONE.PRETRAIN_PATH": "/nowhere/r18.pth"},
+    )
+    with pytest.raises(ConfigError, match="/nowhere/r18.pth"):
+        Trainer.build_model(cfg)
+
+
+def _run(project, *argv, env, **kwargs):
+    cmd = [sys.executable, os.path.join(REPO, "projects", project, "train_net.py"), *argv]
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def _env(datasets_root):
+    return {**os.environ, "FASTREID_DATASETS": str(datasets_root)}
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_every_train_net_trains_a_fastreid_config(project, datasets_root, tmp_path):
+    proc = _run(
+        project,
+        "--config-file",
+        TINY,
+        "SOLVER.MAX_EPOCH",
+        "1",
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "KDREID.PROGRESS",
+        "False",
+        env=_env(datasets_root),
+    )
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Evaluation results" in out
+    assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_cli_unknown_key_is_named(datasets_root):
+    proc = _run(
+        "MDPR", "--config-file", TINY, "MODEL.BACKBONE.DEPHT", "18x", env=_env(datasets_root)
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "error: Unknown config key 'MODEL.BACKBONE.DEPHT'" in out
+    assert "Traceback" not in out
+
+
+def test_resume_after_a_killed_run(datasets_root, tmp_path):
+    """SIGKILL a run after its second checkpoint; --resume continues from that epoch to the end."""
+    opts = [
+        "--config-file",
+        TINY,
+        "SOLVER.MAX_EPOCH",
+        "6",
+        "TEST.EVAL_PERIOD",
+        "100",
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "KDREID.PROGRESS",
+        "False",
+    ]
+    proc = _run("SpeedKD", *opts, env=_env(datasets_root))
+    tag = tmp_path / "last_checkpoint"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if tag.exists() and tag.read_text() not in ("", "model_0000.pth"):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    last = tag.read_text()
+    saved_epoch = torch.load(tmp_path / last, weights_only=True)["epoch"]
+    assert not (tmp_path / "model_final.pth").exists()
+
+    proc = _run("SpeedKD", "--resume", *opts, env=_env(datasets_root))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"continuing at epoch {saved_epoch + 1}" in out
+    assert f"Starting training from epoch {saved_epoch + 1}" in out
+    assert (tmp_path / "model_final.pth").is_file()
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["epoch"] == 5
