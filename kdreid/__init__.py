@@ -1,8 +1,8 @@
 """kdreid: knowledge distillation for person re-identification, as a FastReID plugin.
 
 Importing :mod:`kdreid` repairs fastreid 1.4.0 for today's Python/torch/numpy and for the CPU
-(:mod:`kdreid.compat`), makes FastReID's data errors name their files (:mod:`kdreid.data.checks`) and
-registers kdreid's datasets (:mod:`kdreid.data`).
+(:mod:`kdreid.compat`), makes FastReID's data errors name their files
+(:mod:`kdreid.data.checks`) and registers kdreid's datasets (:mod:`kdreid.data`).
 """
 
 from kdreid import compat

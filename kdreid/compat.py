@@ -10,6 +10,7 @@ repair                                 what breaks without it                  b
 ``collections.Mapping``                ``fastreid.data``, ``.evaluation``      Python 3.10
 ``torch._six``                         ``fastreid.data.build``                 torch 2.0
 ``np.bool``                            ``evaluation.rank.eval_cuhk03``         numpy 1.24 (to 2.0)
+``TypedStorage`` warning               a warning per loader process            torch 2.0
 CPU data loader                        ``DataLoaderX`` always makes CUDA       (any CPU machine)
                                        streams and calls ``set_device``;
                                        its prefetch thread swallows errors     (always)
@@ -59,6 +60,17 @@ def provide_torch_six():
         six.inf = math.inf
         sys.modules["torch._six"] = six
         torch._six = six
+
+
+def quiet_typed_storage_warning():
+    """fastreid's ``to_tensor`` builds every image through ``torch.ByteStorage.from_buffer``.
+
+    torch 2.0 deprecated ``TypedStorage`` and warns once per loader process; the call still works
+    and gives the same tensor, so only the warning from that one module is silenced.
+    """
+    warnings.filterwarnings(
+        "ignore", message="TypedStorage is deprecated", module="fastreid.data.transforms.functional"
+    )
 
 
 def restore_numpy_bool():
@@ -221,6 +233,7 @@ _REPAIRS = (
     restore_collections_aliases,
     provide_torch_six,
     restore_numpy_bool,
+    quiet_typed_storage_warning,
     cpu_safe_data_loader,
     no_runtime_cython,
     verify_results_raises,

@@ -103,10 +103,35 @@ class SynthReIDSize:
 
 
 SYNTHREID_SIZES = {
-    "tiny": SynthReIDSize(16, 16, 3, 96, 32, 64, cams_per_id=2.5, max_images_per_cam=6),
-    "small": SynthReIDSize(150, 150, 4, 1500, 300, 1500, cams_per_id=3.2, max_images_per_cam=8),
-    "market": SynthReIDSize(
-        751, 750, 6, 12936, 3368, 15913, cams_per_id=4.8, max_images_per_cam=12
+    "tiny": SynthReIDSize(  # tests: generated in a fraction of a second
+        num_train_ids=16,
+        num_test_ids=16,
+        num_cams=3,
+        num_train_images=96,
+        num_query=32,
+        num_gallery=64,
+        cams_per_id=2.5,
+        max_images_per_cam=6,
+    ),
+    "small": SynthReIDSize(  # the CPU demo
+        num_train_ids=150,
+        num_test_ids=150,
+        num_cams=4,
+        num_train_images=1500,
+        num_query=300,
+        num_gallery=1500,
+        cams_per_id=3.2,
+        max_images_per_cam=8,
+    ),
+    "market": SynthReIDSize(  # Market-1501's identities, cameras and image counts
+        num_train_ids=751,
+        num_test_ids=750,
+        num_cams=6,
+        num_train_images=12936,
+        num_query=3368,
+        num_gallery=15913,
+        cams_per_id=4.8,
+        max_images_per_cam=12,
     ),
 }
 
@@ -126,7 +151,9 @@ class ImageJob:
         return f"{self.pid:04d}_c{self.cam + 1}s1_{self.index:06d}_00.jpg"
 
 
-def _allocate(rng: np.random.Generator, total: int, low: np.ndarray, high: np.ndarray):
+def _allocate(
+    rng: np.random.Generator, total: int, low: np.ndarray, high: np.ndarray
+) -> np.ndarray:
     """Splits `total` into random integer counts with low[i] <= counts[i] <= high[i].
 
     Each of the `total - sum(low)` spare units goes to a slot drawn without replacement from the
@@ -176,25 +203,27 @@ def _split_jobs(
     return jobs
 
 
+def split_pids(size: SynthReIDSize) -> tuple[range, range]:
+    """Person ids of the train split (1..N) and of the test split (the next ones)."""
+    num_train = size.num_train_ids
+    return range(1, num_train + 1), range(num_train + 1, num_train + size.num_test_ids + 1)
+
+
 def plan_images(size: SynthReIDSize, seed: int) -> list[ImageJob]:
-    """Lists every image of a dataset: train pids are 1..N, test pids follow them."""
+    """Lists every image of a dataset, train split first."""
     rng = np.random.default_rng([seed, _STREAM_PLAN])
-    train_pids = list(range(1, size.num_train_ids + 1))
-    test_pids = list(range(size.num_train_ids + 1, size.num_train_ids + size.num_test_ids + 1))
-    return _split_jobs(rng, size, train_pids, size.num_train_images, TRAIN_DIR) + _split_jobs(
-        rng, size, test_pids, size.num_gallery, GALLERY_DIR, size.num_query
-    )
+    train_pids, test_pids = split_pids(size)
+    train = _split_jobs(rng, size, train_pids, size.num_train_images, TRAIN_DIR)
+    test = _split_jobs(rng, size, test_pids, size.num_gallery, GALLERY_DIR, size.num_query)
+    return train + test
 
 
 def build_identities(size: SynthReIDSize, seed: int) -> dict[int, Identity]:
     """Samples every identity of a dataset; train and test families are disjoint."""
-    train = sample_identities(seed, range(1, size.num_train_ids + 1), first_family=0)
-    test = sample_identities(
-        seed,
-        range(size.num_train_ids + 1, size.num_train_ids + size.num_test_ids + 1),
-        first_family=size.num_train_ids,
-    )
-    return {identity.pid: identity for identity in train + test}
+    train_pids, test_pids = split_pids(size)
+    identities = sample_identities(seed, train_pids, first_family=0)
+    identities += sample_identities(seed, test_pids, first_family=len(train_pids))
+    return {identity.pid: identity for identity in identities}
 
 
 class _Renderer:

@@ -26,6 +26,7 @@ from fastreid.evaluation.query_expansion import aqe
 from fastreid.utils import comm
 from fastreid.utils.compute_dist import build_dist
 
+from kdreid.errors import ConfigError
 from kdreid.evaluation.rank import evaluate_rank
 
 __all__ = ["ReidEvaluator"]
@@ -175,7 +176,7 @@ class ReidEvaluator(FastReidEvaluator):
             CVPR 2017.
         """
         if not _fastreid_jaccard_available():
-            raise RuntimeError(
+            raise ConfigError(
                 "TEST.RERANK.ENABLED needs CUDA and faiss-gpu here (FastReID's Jaccard re-ranking "
                 "runs only on a GPU); set TEST.RERANK.ENABLED False to evaluate without it"
             )

@@ -8,6 +8,7 @@ import torch
 from fastreid.evaluation import ReidEvaluator as FastReidEvaluator
 
 from kdreid.config import get_cfg
+from kdreid.errors import ConfigError
 from kdreid.evaluation import ReidEvaluator
 
 NUM_QUERY = 30
@@ -104,5 +105,5 @@ def test_rank_k_beyond_gallery_uses_last_cmc_value():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
 def test_rerank_without_cuda_says_what_it_needs():
-    with pytest.raises(RuntimeError, match="TEST.RERANK.ENABLED needs CUDA and faiss-gpu"):
+    with pytest.raises(ConfigError, match="TEST.RERANK.ENABLED needs CUDA and faiss-gpu"):
         run(ReidEvaluator(make_cfg(rerank=True), NUM_QUERY))
