@@ -14,6 +14,8 @@ repair                                 what breaks without it                  b
 CPU data loader                        ``DataLoaderX`` always makes CUDA       (any CPU machine)
                                        streams and calls ``set_device``;
                                        its prefetch thread swallows errors     (always)
+in-place ``zero_grad`` for the         the optimizer stops updating after      torch 2.0
+optimizer's flat buffers               its first step: nothing is learned
 no run-time Cython                     ``ReidEvaluator`` runs ``make`` and     (any machine without
                                        calls ``sys.exit(1)`` if it fails       a compiler/Cython)
 no ``sys.exit`` in ``verify_results``  a failed check kills the process        (always)
@@ -24,6 +26,7 @@ weights-only checkpoint loading        ``Checkpointer`` unpickles arbitrary    (
 
 import collections
 import collections.abc
+import functools
 import importlib.util
 import logging
 import math
@@ -157,6 +160,32 @@ def cpu_safe_data_loader():
     generator_cls.next = next_item
 
 
+def zero_contiguous_grads_in_place():
+    """Keep FastReID's optimizer learning: zero its flat gradient buffers in place.
+
+    ``build_optimizer`` packs all parameters into flat buffers (``ContiguousParams``): each
+    parameter's ``.grad`` is a view into one buffer, the optimizer steps the buffer. Since torch 2.0
+    ``Optimizer.zero_grad()`` sets gradients to ``None`` by default, which detaches the buffer's
+    gradient from the views backward writes into; from the second step on the optimizer sees no
+    gradient and the model stops learning, silently (FastReID's buffer check compares each pointer
+    with itself). The optimizer built over those buffers now zeroes them in place.
+    """
+    from fastreid import solver
+    from fastreid.engine import defaults as engine_defaults
+    from fastreid.solver import build as solver_build
+
+    original = solver_build.build_optimizer
+
+    def build_optimizer(cfg, model, contiguous=True):
+        optimizer, params = original(cfg, model, contiguous)
+        if contiguous:
+            optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=False)
+        return optimizer, params
+
+    for module in (solver_build, solver, engine_defaults):
+        module.build_optimizer = build_optimizer
+
+
 def no_runtime_cython():
     """Never compile Cython at run time, never exit the process from the evaluator.
 
@@ -235,6 +264,7 @@ _REPAIRS = (
     restore_numpy_bool,
     quiet_typed_storage_warning,
     cpu_safe_data_loader,
+    zero_contiguous_grads_in_place,
     no_runtime_cython,
     verify_results_raises,
     weights_only_checkpoints,

@@ -7,6 +7,7 @@ __all__ = [
     "UserInputError",
     "ConfigError",
     "DatasetNotFoundError",
+    "DatasetCorruptError",
     "UnreadableImageError",
     "WeightsError",
 ]
@@ -26,6 +27,10 @@ class ConfigError(UserInputError, KeyError):
 
 class DatasetNotFoundError(UserInputError, FileNotFoundError):
     """A dataset folder is missing or does not have the expected layout."""
+
+
+class DatasetCorruptError(UserInputError, RuntimeError):
+    """A dataset folder exists but is incomplete or not the dataset expected."""
 
 
 class UnreadableImageError(UserInputError, OSError):

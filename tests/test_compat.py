@@ -160,3 +160,24 @@ def test_loader_errors_reach_the_consumer(num_workers):
     )
     with pytest.raises(OSError, match="image 5 is broken"):
         list(loader)
+
+
+def test_fastreid_optimizer_keeps_learning_after_the_first_step():
+    """torch >= 2 zero_grad(set_to_none=True) detached FastReID's flat gradient buffers."""
+    from fastreid.solver import build_optimizer
+
+    from kdreid.config import get_cfg
+
+    cfg = get_cfg()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)
+    )
+    optimizer, _ = build_optimizer(cfg, model)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    for _ in range(2):  # the parameters must still move on the second step
+        snapshot = [p.detach().clone() for p in model.parameters()]
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        moved = [not torch.equal(a, p) for a, p in zip(snapshot, model.parameters())]
+        assert all(moved), moved

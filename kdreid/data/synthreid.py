@@ -29,6 +29,7 @@ import numpy as np
 
 from kdreid.data.factors import CameraStyle, Identity, sample_camera, sample_identities
 from kdreid.data.render import encode_jpeg, render_background, render_image
+from kdreid.errors import DatasetCorruptError
 
 logger = logging.getLogger(__name__)
 
@@ -299,11 +300,11 @@ def _staging_dir(final: Path) -> Path:
 
 
 def _check_complete(final: Path, size_name: str, size: SynthReIDSize, seed: int) -> None:
-    """Raises a RuntimeError naming `final` unless it holds this exact, complete dataset."""
+    """Raises a DatasetCorruptError naming `final` unless it holds this exact, complete dataset."""
     advice = f"Delete {final} and run again to regenerate it."
     marker = final / MARKER
     if not marker.is_file():
-        raise RuntimeError(
+        raise DatasetCorruptError(
             f"{final} exists but is not a complete SynthReID dataset (no {MARKER}); it may have "
             f"been left by an interrupted generation. {advice}"
         )
@@ -311,12 +312,12 @@ def _check_complete(final: Path, size_name: str, size: SynthReIDSize, seed: int)
     expected = {"name": size_name, "seed": seed, "version": _VERSION}
     found = {key: meta.get(key) for key in expected}
     if found != expected:
-        raise RuntimeError(f"{final} holds SynthReID {found}, not {expected}. {advice}")
+        raise DatasetCorruptError(f"{final} holds SynthReID {found}, not {expected}. {advice}")
     for split, count in size.counts.items():
         folder = final / split
         found_count = len(os.listdir(folder)) if folder.is_dir() else 0
         if found_count != count:
-            raise RuntimeError(
+            raise DatasetCorruptError(
                 f"{folder} holds {found_count} images instead of {count}; the SynthReID dataset "
                 f"is corrupt. {advice}"
             )
@@ -354,8 +355,8 @@ def generate_synthreid(
 
     Raises:
         ValueError: for an unknown size.
-        RuntimeError: if the folder exists but is incomplete, corrupt or of another seed, or an
-            interrupted generation left its staging folder behind.
+        DatasetCorruptError: if the folder exists but is incomplete, corrupt or of another seed,
+            or an interrupted generation left its staging folder behind.
     """
     if size not in SYNTHREID_SIZES:
         raise ValueError(f"Unknown SynthReID size {size!r}; choose one of {list(SYNTHREID_SIZES)}")
@@ -372,7 +373,7 @@ def generate_synthreid(
             return final
         staging = _staging_dir(final)
         if staging.exists():
-            raise RuntimeError(
+            raise DatasetCorruptError(
                 f"{staging} was left by an interrupted SynthReID generation. Delete it and run "
                 f"again to generate {final}."
             )
