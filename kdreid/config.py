@@ -42,6 +42,8 @@ def add_kdreid_config(cfg: CfgNode) -> None:
     cfg.MODEL.DEVICE = "auto"
 
     cfg.KDREID = CfgNode()
+    # Seed of Python's, numpy's and torch's generators; negative: a different seed every run.
+    cfg.KDREID.SEED = -1
     # Print training metrics (losses, lr, ETA) every this many iterations.
     cfg.KDREID.LOG_PERIOD = 20
     # Show a progress bar while features are extracted for evaluation.

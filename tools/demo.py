@@ -20,7 +20,7 @@ os.environ.setdefault("FASTREID_DATASETS", "datasets")  # FastReID reads it once
 from fastreid.utils.logger import setup_logger  # noqa: E402
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device  # noqa: E402
-from kdreid.engine import Trainer  # noqa: E402
+from kdreid.engine import Trainer, seed  # noqa: E402
 from kdreid.errors import UserInputError  # noqa: E402
 
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
@@ -40,6 +40,7 @@ def build_cfg(args):
     merge_from_list(cfg, ["OUTPUT_DIR", args.output_dir, *args.opts])
     for name in ("fastreid", "kdreid"):
         setup_logger(cfg.OUTPUT_DIR, name=name)
+    seed(cfg)
     resolve_device(cfg)
     cfg.freeze()
     return cfg

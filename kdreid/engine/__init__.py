@@ -1,7 +1,7 @@
 """Training and evaluation entry points shared by every kdreid project."""
 
 from kdreid.engine.checkpoint import AtomicCheckpointer, load_weights_strict
-from kdreid.engine.defaults import default_argument_parser, launch_main, main, setup
+from kdreid.engine.defaults import default_argument_parser, launch_main, main, seed, setup
 from kdreid.engine.trainer import ProgressLoader, Trainer
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "launch_main",
     "load_weights_strict",
     "main",
+    "seed",
     "setup",
 ]

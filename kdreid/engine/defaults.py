@@ -12,8 +12,10 @@ A project's ``train_net.py`` is::
 import logging
 import sys
 
+import torch
 from fastreid.engine import default_argument_parser, default_setup, launch
 from fastreid.utils import comm
+from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
@@ -21,9 +23,16 @@ from kdreid.engine.checkpoint import load_weights_strict
 from kdreid.engine.trainer import Trainer
 from kdreid.errors import UserInputError
 
-__all__ = ["default_argument_parser", "setup", "main", "launch_main"]
+__all__ = ["default_argument_parser", "seed", "setup", "main", "launch_main"]
 
 logger = logging.getLogger(__name__)
+
+
+def seed(cfg):
+    """Seed every generator with ``KDREID.SEED`` (plus the rank), unless it is negative."""
+    if cfg.KDREID.SEED >= 0:
+        seed_all_rng(cfg.KDREID.SEED + comm.get_rank())
+        logger.info("Seeded the random generators with %d", cfg.KDREID.SEED + comm.get_rank())
 
 
 def setup(args):
@@ -38,6 +47,7 @@ def setup(args):
     merge_from_list(cfg, args.opts or [])
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kdreid")
+    seed(cfg)
     resolve_device(cfg)
     cfg.freeze()
     return cfg
@@ -76,6 +86,14 @@ def launch_main(args, trainer_cls=Trainer):
 
     Bad input (:class:`kdreid.errors.UserInputError`) is printed as one message, exit status 2.
     """
+    available = torch.cuda.device_count()
+    if args.num_gpus > 1 and args.num_gpus > available:
+        print(
+            f"error: --num-gpus {args.num_gpus} but torch sees {available} GPU(s); "
+            "use --num-gpus 1 to train on one device (or the CPU).",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     launch(
         _main_reporting_errors,
         args.num_gpus,
