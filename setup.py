@@ -23,7 +23,7 @@ setup(
     name="kdreid",
     version="0.1.0",
     description="Knowledge distillation for person re-identification, as a FastReID plugin",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["kdreid", "kdreid.*"])
     + [
         f"{name}.{sub}" if sub else name
