@@ -21,6 +21,7 @@ from fastreid.utils.logger import setup_logger  # noqa: E402
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device  # noqa: E402
 from kdreid.engine import Trainer, seed  # noqa: E402
+from kdreid.engine.defaults import user_message  # noqa: E402
 from kdreid.errors import UserInputError  # noqa: E402
 
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
@@ -87,7 +88,7 @@ def main(argv=None):
     try:
         run(parse_args(argv))
     except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
 
 

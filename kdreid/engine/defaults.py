@@ -72,12 +72,22 @@ def main(args, trainer_cls=Trainer):
     return trainer.train()
 
 
+def user_message(exc):
+    """The message of a :class:`UserInputError`, without the worker traceback that a data loader
+    process prepends when it re-raises the error in the training process."""
+    message = str(exc)
+    if "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if last.startswith(type(exc).__module__) else last
+    return message
+
+
 def _main_reporting_errors(args, trainer_cls):
     try:
         return main(args, trainer_cls)
     except UserInputError as exc:
         logger.debug("User input error", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -72,3 +72,33 @@ def test_readable_images_still_load(fastreid_root):
     data = DATASET_REGISTRY.get("SynthReIDTiny")(root=str(fastreid_root))
     image = CommDataset(data.query, transform=None, relabel=False)[0]["images"]
     assert np.asarray(image).shape == (128, 64, 3)
+
+
+def test_truncated_image_through_train_net(broken_tiny, tmp_path):
+    """The command line ends with one line naming the file, and exit status 2."""
+    import os
+    import subprocess
+    import sys
+
+    root, victim = broken_tiny
+    cmd = [
+        sys.executable,
+        f"{REPO}/projects/SpeedKD/train_net.py",
+        "--config-file",
+        f"{REPO}/configs/Synthetic/tiny.yml",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "DATALOADER.NUM_WORKERS",
+        "1",
+        "DATALOADER.SAMPLER_TRAIN",
+        "TrainingSampler",
+        "SOLVER.IMS_PER_BATCH",
+        "96",
+        "KDREID.PROGRESS",
+        "False",
+    ]
+    env = {**os.environ, "FASTREID_DATASETS": str(root)}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Cannot read image") and victim.name in last
