@@ -2,5 +2,6 @@
 
 from kdreid.evaluation.rank import evaluate_rank
 from kdreid.evaluation.reid_evaluator import ReidEvaluator
+from kdreid.evaluation.rerank import re_ranking, re_ranking_features
 
-__all__ = ["evaluate_rank", "ReidEvaluator"]
+__all__ = ["evaluate_rank", "ReidEvaluator", "re_ranking", "re_ranking_features"]

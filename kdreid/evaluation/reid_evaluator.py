@@ -3,10 +3,10 @@
 Same results dict as ``fastreid.evaluation.ReidEvaluator`` (Rank-1/5/10, mAP, mINP, metric and,
 with ``TEST.ROC.ENABLED``, TPR@FPR), same config keys (``TEST.METRIC``, ``TEST.AQE.*``,
 ``TEST.RERANK.*``, ``TEST.ROC.ENABLED``) and the same multi-process gathering, but it never
-compiles Cython and it logs how long distances, re-ranking and ranking took. ``evaluate`` runs
-named steps, each a method a subclass may override: gather predictions, split query and gallery,
-distances (:meth:`ReidEvaluator.distances`, which calls the re-ranking hook
-:meth:`ReidEvaluator.rerank`), ranking, results.
+compiles Cython, it logs how long each stage took, and with ``TEST.RERANK.ENABLED`` it re-ranks
+with kdreid's exact sparse k-reciprocal re-ranking and logs the metrics without and with it.
+``evaluate`` runs named steps, each a method a subclass may override: gather predictions, split
+query and gallery, query expansion, distances, ranking, re-ranking, results.
 """
 
 import copy
@@ -20,13 +20,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastreid.evaluation import ReidEvaluator as FastReidEvaluator
 from fastreid.evaluation.query_expansion import aqe
 from fastreid.utils import comm
 from fastreid.utils.compute_dist import build_dist
+from tabulate import tabulate
 
-from kdreid.errors import ConfigError
 from kdreid.evaluation.rank import evaluate_rank
 
 __all__ = ["ReidEvaluator"]
@@ -40,21 +39,6 @@ class ImageSet(NamedTuple):
     feats: torch.Tensor  # (N, D) float32
     pids: np.ndarray  # (N,) int64
     camids: np.ndarray  # (N,) int64
-
-
-@contextmanager
-def _log_duration(what):
-    """Log the wall time of the enclosed block as '<what>: <seconds> s'."""
-    start = time.perf_counter()
-    yield
-    logger.info("%s: %.2f s", what, time.perf_counter() - start)
-
-
-def _fastreid_jaccard_available():
-    """Whether FastReID's ``compute_jaccard_distance`` can run: it needs CUDA and faiss-gpu."""
-    import faiss
-
-    return torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources")
 
 
 class ReidEvaluator(FastReidEvaluator):
@@ -76,24 +60,64 @@ class ReidEvaluator(FastReidEvaluator):
     def evaluate(self):
         """Compute the metrics over everything processed since the last ``reset``.
 
+        With ``TEST.RERANK.ENABLED`` the metrics are computed without and with k-reciprocal
+        re-ranking, both are logged side by side, and the re-ranked ones are returned (as
+        FastReID does). The time of every stage is logged.
+
         Returns:
             OrderedDict: 'Rank-1', 'Rank-5', 'Rank-10', 'mAP', 'mINP', 'metric' in percent
             ('metric' is the mean of mAP and Rank-1), plus 'TPR@FPR=1e-04/1e-03/1e-02' (fractions,
             as FastReID) with ``TEST.ROC.ENABLED``; an empty dict on non-main processes.
         """
+        self.stage_seconds = OrderedDict()
         predictions = self.gather_predictions()
         if predictions is None:
             return {}
         query, gallery = self.split(predictions)
-        dist = self.distances(query.feats, gallery.feats)
-        with _log_duration(f"Ranking ({len(query.pids)} x {len(gallery.pids)})"):
+        query_feats, gallery_feats = self.expand_queries(query.feats, gallery.feats)
+        dist = self.distances(query_feats, gallery_feats)
+        self._results = self.rank(dist, query, gallery)
+        if self.cfg.TEST.RERANK.ENABLED:
+            plain = self._results
+            dist = self.rerank(query_feats, gallery_feats)
+            self._results = self.rank(dist, query, gallery, stage="ranking (re-ranked)")
+            self.log_comparison(plain, self._results)
+        if self.cfg.TEST.ROC.ENABLED:
+            self._results.update(self.roc(dist, query, gallery))
+        logger.info(
+            "Evaluation stages: %s",
+            ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in self.stage_seconds.items()),
+        )
+        return copy.deepcopy(self._results)
+
+    @contextmanager
+    def timed(self, stage):
+        """Record the wall time of the enclosed block under ``stage`` in ``self.stage_seconds``."""
+        start = time.perf_counter()
+        yield
+        self.stage_seconds[stage] = time.perf_counter() - start
+
+    def rank(self, dist, query, gallery, stage="ranking"):
+        """Market-1501 metrics of a (Q, G) distance matrix (see :meth:`results`)."""
+        with self.timed(stage):
             cmc, all_ap, all_inp = evaluate_rank(
                 dist, query.pids, gallery.pids, query.camids, gallery.camids
             )
-        self._results = self.results(cmc, all_ap, all_inp)
-        if self.cfg.TEST.ROC.ENABLED:
-            self._results.update(self.roc(dist, query, gallery))
-        return copy.deepcopy(self._results)
+        return self.results(cmc, all_ap, all_inp)
+
+    def log_comparison(self, plain, reranked):
+        """Log the metrics without and with re-ranking as one table."""
+        rerank = self.cfg.TEST.RERANK
+        keys = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
+        rows = [
+            ["without re-ranking", *(plain[k] for k in keys)],
+            [
+                f"re-ranked (k1={rerank.K1}, k2={rerank.K2}, lambda={rerank.LAMBDA})",
+                *(reranked[k] for k in keys),
+            ],
+        ]
+        table = tabulate(rows, headers=["", *keys], tablefmt="pipe", floatfmt=".2f")
+        logger.info("Re-ranking:\n%s", table)
 
     def gather_predictions(self):
         """This process's predictions, or all processes' on the main one (None elsewhere)."""
@@ -130,64 +154,73 @@ class ReidEvaluator(FastReidEvaluator):
         gallery = ImageSet(feats[num_query:], pids[num_query:], camids[num_query:])
         return query, gallery
 
-    def distances(self, query_feats, gallery_feats):
-        """Query-gallery distances: AQE, then ``TEST.METRIC``, then re-ranking, as configured.
+    def expand_queries(self, query_feats, gallery_feats):
+        """Average query expansion (``TEST.AQE.*``) when enabled, else the features unchanged.
 
         Args:
             query_feats (Tensor): (Q, D) query features.
             gallery_feats (Tensor): (G, D) gallery features.
 
         Returns:
-            np.ndarray | Tensor: (Q, G) distances, smaller is closer.
+            tuple[Tensor, Tensor]: (Q, D) and (G, D) features.
         """
-        test = self.cfg.TEST
-        if test.AQE.ENABLED:
-            logger.info("Test with AQE setting")
-            with _log_duration("Query expansion (AQE)"):
-                query_feats, gallery_feats = aqe(
-                    query_feats, gallery_feats, test.AQE.QE_TIME, test.AQE.QE_K, test.AQE.ALPHA
-                )
-        shape = f"{len(query_feats)} x {len(gallery_feats)}"
-        with _log_duration(f"Distances ({test.METRIC}, {shape})"):
-            dist = build_dist(query_feats, gallery_feats, test.METRIC)
-        if test.RERANK.ENABLED:
-            logger.info("Test with rerank setting")
-            with _log_duration(f"Re-ranking ({shape})"):
-                dist = self.rerank(query_feats, gallery_feats, dist)
-        return dist
+        aqe_cfg = self.cfg.TEST.AQE
+        if not aqe_cfg.ENABLED:
+            return query_feats, gallery_feats
+        with self.timed("query expansion (AQE)"):
+            return aqe(query_feats, gallery_feats, aqe_cfg.QE_TIME, aqe_cfg.QE_K, aqe_cfg.ALPHA)
 
-    def rerank(self, query_feats, gallery_feats, dist):
-        """Blend ``dist`` with the k-reciprocal Jaccard distance (``TEST.RERANK.K1/K2/LAMBDA``).
+    def distances(self, query_feats, gallery_feats):
+        """Query-gallery distances under ``TEST.METRIC`` (FastReID's ``build_dist``).
 
-        ``(1 - LAMBDA) * jaccard + LAMBDA * dist``, exactly as FastReID's evaluator does, through
-        FastReID's ``build_dist(metric='jaccard')`` (features are L2-normalised first when
-        ``TEST.METRIC`` is 'cosine'). That implementation needs CUDA and faiss-gpu.
+        Args:
+            query_feats (Tensor): (Q, D) query features.
+            gallery_feats (Tensor): (G, D) gallery features.
+
+        Returns:
+            np.ndarray: (Q, G) distances, smaller is closer.
+        """
+        with self.timed(f"distances ({self.cfg.TEST.METRIC})"):
+            return build_dist(query_feats, gallery_feats, self.cfg.TEST.METRIC)
+
+    def rerank(self, query_feats, gallery_feats):
+        """k-reciprocal re-ranked distances (``TEST.RERANK.K1/K2/LAMBDA``), on the model's device.
+
+        kdreid's exact, sparse :func:`~kdreid.evaluation.re_ranking_features` (the reference
+        algorithm of Zhong et al., which FastReID ships but its evaluator does not call): the
+        final distance is ``(1 - LAMBDA) * jaccard + LAMBDA * d``, with ``d`` the squared
+        ``TEST.METRIC`` distance normalised per row, as in the reference.
 
         Args:
             query_feats (Tensor): (Q, D) query features (after AQE).
             gallery_feats (Tensor): (G, D) gallery features (after AQE).
-            dist (np.ndarray | Tensor): (Q, G) distances under ``TEST.METRIC``.
 
         Returns:
-            np.ndarray | Tensor: (Q, G) re-ranked distances.
+            Tensor: (Q, G) re-ranked distances.
 
         Reference:
             Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding",
             CVPR 2017.
         """
-        if not _fastreid_jaccard_available():
-            raise ConfigError(
-                "TEST.RERANK.ENABLED needs CUDA and faiss-gpu here (FastReID's Jaccard re-ranking "
-                "runs only on a GPU); set TEST.RERANK.ENABLED False to evaluate without it"
-            )
+        from kdreid.evaluation.rerank import re_ranking_features
+
         rerank = self.cfg.TEST.RERANK
-        if self.cfg.TEST.METRIC == "cosine":
-            query_feats = F.normalize(query_feats, dim=1)
-            gallery_feats = F.normalize(gallery_feats, dim=1)
-        jaccard = build_dist(
-            query_feats, gallery_feats, metric="jaccard", k1=rerank.K1, k2=rerank.K2
-        )
-        return jaccard * (1 - rerank.LAMBDA) + dist * rerank.LAMBDA
+        device = self._device()
+        with self.timed("re-ranking"):
+            return re_ranking_features(
+                query_feats.to(device),
+                gallery_feats.to(device),
+                k1=rerank.K1,
+                k2=rerank.K2,
+                lambda_value=rerank.LAMBDA,
+                metric=self.cfg.TEST.METRIC,
+            )
+
+    def _device(self):
+        requested = str(self.cfg.MODEL.DEVICE)
+        if requested.startswith("cuda") and torch.cuda.is_available():
+            return torch.device(requested)
+        return torch.device("cpu")
 
     @staticmethod
     def results(cmc, all_ap, all_inp):

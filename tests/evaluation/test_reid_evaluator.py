@@ -8,7 +8,6 @@ import torch
 from fastreid.evaluation import ReidEvaluator as FastReidEvaluator
 
 from kdreid.config import get_cfg
-from kdreid.errors import ConfigError
 from kdreid.evaluation import ReidEvaluator
 
 NUM_QUERY = 30
@@ -64,9 +63,9 @@ def test_results_match_fastreid(metric, aqe, roc):
 def test_logs_durations_and_adds_no_time_key(caplog):
     with caplog.at_level(logging.INFO, logger="kdreid.evaluation.reid_evaluator"):
         results = run(ReidEvaluator(make_cfg(), NUM_QUERY))
-    messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith(f"Distances (cosine, {NUM_QUERY} x {NUM_GALLERY}): ") for m in messages)
-    assert any(m.startswith(f"Ranking ({NUM_QUERY} x {NUM_GALLERY}): ") for m in messages)
+    stages = [r.getMessage() for r in caplog.records if "Evaluation stages" in r.getMessage()]
+    assert len(stages) == 1
+    assert "distances (cosine)" in stages[0] and "ranking" in stages[0]
     assert list(results) == METRIC_KEYS
 
 
@@ -103,7 +102,37 @@ def test_rank_k_beyond_gallery_uses_last_cmc_value():
     assert results["metric"] == pytest.approx(55)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
-def test_rerank_without_cuda_says_what_it_needs():
-    with pytest.raises(ConfigError, match="TEST.RERANK.ENABLED needs CUDA and faiss-gpu"):
-        run(ReidEvaluator(make_cfg(rerank=True), NUM_QUERY))
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_rerank_matches_the_reference_and_logs_both(metric, caplog):
+    """TEST.RERANK: the reference re_ranking on build_dist's matrices, then the same ranking."""
+    from fastreid.evaluation.rerank import re_ranking as reference
+    from fastreid.utils.compute_dist import build_dist
+
+    from kdreid.evaluation import evaluate_rank
+
+    cfg = make_cfg(metric=metric, rerank=True)
+    with caplog.at_level(logging.INFO, logger="kdreid.evaluation.reid_evaluator"):
+        ours = run(ReidEvaluator(cfg, NUM_QUERY))
+    inputs = list(batches())
+    feats = torch.cat([f for _, f in inputs])
+    pids = torch.cat([i["targets"] for i, _ in inputs]).numpy()
+    camids = torch.cat([i["camids"] for i, _ in inputs]).numpy()
+    q, g = feats[:NUM_QUERY], feats[NUM_QUERY:]
+    rerank = cfg.TEST.RERANK
+    dist = reference(
+        build_dist(q, g, metric),
+        build_dist(q, q, metric),
+        build_dist(g, g, metric),
+        k1=rerank.K1,
+        k2=rerank.K2,
+        lambda_value=rerank.LAMBDA,
+    )
+    cmc, all_ap, _ = evaluate_rank(
+        dist, pids[:NUM_QUERY], pids[NUM_QUERY:], camids[:NUM_QUERY], camids[NUM_QUERY:]
+    )
+    assert ours["mAP"] == pytest.approx(np.mean(all_ap) * 100, abs=1e-4)
+    assert ours["Rank-1"] == pytest.approx(cmc[0] * 100, abs=1e-4)
+    plain = run(ReidEvaluator(make_cfg(metric=metric), NUM_QUERY))
+    assert ours["mAP"] != pytest.approx(plain["mAP"], abs=1e-3)  # re-ranking changed something
+    assert "without re-ranking" in caplog.text and "re-ranked (k1=20" in caplog.text
+    assert "re-ranking" in [r.getMessage() for r in caplog.records if "stages" in r.getMessage()][0]

@@ -1,0 +1,502 @@
+"""Retrieval speed: kdreid against FastReID on Market-1501-sized, ReID-like features.
+
+    python benchmarks/retrieval.py [--sections eval ...] [--repeats N] [--with-python] [--seed S]
+
+Every section times kdreid's code and a named FastReID reference in the same run on the same
+data, checks that both give the same results, and adds rows to one table: median and range of
+``--repeats`` timed runs after one warm-up run, and the speed as a ratio against the reference.
+The exit status is 1 when any section's results differ from its reference.
+
+Sections:
+    eval  CMC / mAP / mINP (Market-1501 protocol) of one 3,368 x 15,913 distance matrix:
+          ``kdreid.evaluation.evaluate_rank`` against FastReID's Cython ``evaluate_cy``,
+          compiled from FastReID's own ``rank_cy.pyx`` (see ``_fastreid_cython.py``; needs
+          Cython and a C compiler) and, with ``--with-python``, FastReID's Python path (~1 min).
+          Every CMC value, mAP, mINP and each query's AP and INP must agree to 1e-6. Query rows
+          where a positive and a negative are at exactly the same float32 distance are set
+          apart: FastReID's ``np.argsort`` (not stable) orders them arbitrarily, kdreid puts the
+          lower gallery index first; their differences are shown, and the other rows must agree.
+
+A section is a function ``(workload, args, results)`` registered in ``SECTIONS``; the workload
+generates the features and the distance matrix once, on first use.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+from functools import cached_property
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+import kdreid  # noqa: F401  (repairs fastreid before it is imported)
+
+# isort: split
+from _fastreid_cython import load_evaluate_cy
+from fastreid.evaluation.rank import evaluate_py
+from fastreid.utils.compute_dist import build_dist
+
+from kdreid.evaluation import evaluate_rank
+
+TOLERANCE = 1e-6
+"""Largest difference allowed in every CMC value, in mAP and in mINP."""
+
+
+class Labels(NamedTuple):
+    """Person and camera ids of the query and gallery images, int64 arrays."""
+
+    q_pids: np.ndarray  # (Q,)
+    g_pids: np.ndarray  # (G,)
+    q_camids: np.ndarray  # (Q,)
+    g_camids: np.ndarray  # (G,)
+
+
+class Workload:
+    """Market-1501-sized ReID-like features, deterministic by seed; derived data made once.
+
+    Market-1501's test split as FastReID loads it: 3,368 queries of 750 identities, 15,913
+    gallery images (the 750 identities plus 2,793 distractors with pid 0), 6 cameras. Each
+    identity has a centre in a ``latent_dim``-dimensional space; an image is its centre plus a
+    shift of its camera plus latent noise, mapped to ``dim`` dimensions by a fixed random
+    projection, plus isotropic noise, L2-normalised. Each distractor has a centre of its own.
+    With the defaults a cosine ranking of these features scores roughly like a ResNet-50
+    baseline on Market-1501 (the section prints the numbers).
+
+    Args:
+        seed (int): seed of every random draw.
+        num_query, num_gallery, num_ids, num_distractors, num_cams (int): the split's sizes.
+        dim (int): feature dimension ``D``.
+        latent_dim (int): dimension of the identity space.
+        noise (float): standard deviation of the latent noise per image (difficulty).
+        feature_noise (float): standard deviation of the isotropic noise in ``D`` dimensions.
+    """
+
+    def __init__(
+        self,
+        seed=0,
+        num_query=3368,
+        num_gallery=15913,
+        num_ids=750,
+        num_distractors=2793,
+        num_cams=6,
+        dim=2048,
+        latent_dim=128,
+        noise=1.2,
+        feature_noise=0.3,
+    ):
+        self.seed = seed
+        self.num_query = num_query
+        self.num_gallery = num_gallery
+        self.num_ids = num_ids
+        self.num_distractors = num_distractors
+        self.num_cams = num_cams
+        self.dim = dim
+        self.latent_dim = latent_dim
+        self.noise = noise
+        self.feature_noise = feature_noise
+        self.seconds = {}
+
+    def describe(self):
+        """One line: sizes, seed and how the data was made."""
+        return (
+            f"{self.num_query:,} queries x {self.num_gallery:,} gallery images, d = {self.dim:,}, "
+            f"{self.num_ids} identities + {self.num_distractors:,} distractors, "
+            f"{self.num_cams} cameras, seed {self.seed}"
+        )
+
+    @cached_property
+    def labels(self):
+        """Labels: every identity in the query and the gallery, cameras uniform."""
+        rng = np.random.default_rng(self.seed)
+        ids = np.arange(1, self.num_ids + 1)
+        q_pids = rng.permutation(np.resize(ids, self.num_query))
+        g_pids = np.concatenate(
+            [
+                np.zeros(self.num_distractors, dtype=np.int64),
+                rng.permutation(np.resize(ids, self.num_gallery - self.num_distractors)),
+            ]
+        )
+        return Labels(
+            q_pids=q_pids.astype(np.int64),
+            g_pids=g_pids.astype(np.int64),
+            q_camids=rng.integers(0, self.num_cams, self.num_query),
+            g_camids=rng.integers(0, self.num_cams, self.num_gallery),
+        )
+
+    @cached_property
+    def features(self):
+        """tuple[Tensor, Tensor]: (Q, D) query and (G, D) gallery features, float32, unit norm."""
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(self.seed)
+        labels = self.labels
+        centres = torch.randn(self.num_ids + 1, self.latent_dim, generator=gen)
+        cameras = 0.3 * torch.randn(self.num_cams, self.latent_dim, generator=gen)
+        projection = torch.randn(self.latent_dim, self.dim, generator=gen) / self.latent_dim**0.5
+
+        def images(pids, camids):
+            pids, camids = torch.from_numpy(pids), torch.from_numpy(camids)
+            own = torch.randn(len(pids), self.latent_dim, generator=gen)
+            centre = torch.where((pids == 0).unsqueeze(1), own, centres[pids])
+            latent = centre + cameras[camids]
+            latent += self.noise * torch.randn(len(pids), self.latent_dim, generator=gen)
+            feats = latent @ projection
+            feats += self.feature_noise * torch.randn(len(pids), self.dim, generator=gen)
+            return torch.nn.functional.normalize(feats, dim=1)
+
+        feats = images(labels.q_pids, labels.q_camids), images(labels.g_pids, labels.g_camids)
+        self.seconds["features"] = time.perf_counter() - start
+        return feats
+
+    @cached_property
+    def distmat(self):
+        """np.ndarray: (Q, G) float32 cosine distances, FastReID's ``build_dist`` (its default
+        ``TEST.METRIC``), as the evaluator computes them."""
+        query, gallery = self.features
+        start = time.perf_counter()
+        dist = build_dist(query, gallery, metric="cosine")
+        self.seconds["distmat"] = time.perf_counter() - start
+        return dist
+
+
+class Row(NamedTuple):
+    """One timed method of a section."""
+
+    section: str
+    method: str
+    times: list  # seconds of each timed run
+    reference: str | None  # the method of the same section it is compared with
+    note: str
+
+
+class Results:
+    """The rows of every section and the checks that failed."""
+
+    def __init__(self):
+        self.rows = []
+        self.failures = []
+
+    def add(self, section, method, times, reference=None, note=""):
+        self.rows.append(Row(section, method, list(times), reference, note))
+
+    def fail(self, message):
+        self.failures.append(message)
+        print(f"MISMATCH: {message}")
+
+    def _median(self, section, method):
+        for row in self.rows:
+            if row.section == section and row.method == method:
+                return float(np.median(row.times))
+        raise KeyError(f"no row {method!r} in section {section!r}")
+
+    def table(self):
+        """The rows as a GitHub-flavoured table; speed is the reference's median over the row's."""
+        body = []
+        for row in self.rows:
+            median = float(np.median(row.times))
+            if row.reference is None:
+                speed = ""
+            else:
+                speed = f"{self._median(row.section, row.reference) / median:.1f}x"
+            body.append(
+                [
+                    row.section,
+                    row.method,
+                    f"{median:.3f}",
+                    f"{min(row.times):.3f}-{max(row.times):.3f}",
+                    len(row.times),
+                    speed,
+                    row.note,
+                ]
+            )
+        headers = ["section", "method", "median (s)", "range (s)", "runs", "speed", "note"]
+        return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def timed(fn, repeats, warmup=1):
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed.
+
+    Returns:
+        tuple[Any, list[float]]: the last result and the seconds of each timed call.
+    """
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return result, times
+
+
+class _Threads:
+    """Context manager: torch's intra-op thread count set to ``n`` inside."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
+
+
+def cpu_name():
+    """The CPU model as the OS names it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description():
+    """Lines naming the CPU, cores, threads, GPU and library versions."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return [
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads; numpy {np.__version__}; "
+        f"Python {platform.python_version()}",
+        f"GPU: {gpu}",
+    ]
+
+
+def busy_warning():
+    """A warning when other processes keep the CPU busy (1-minute load average), else ''."""
+    if not hasattr(os, "getloadavg"):
+        return ""
+    load = os.getloadavg()[0]
+    if load < 0.5:
+        return ""
+    return (
+        f"WARNING: load average {load:.1f} before the run: other processes use the CPU, "
+        "timings (multi-threaded ones most) are unreliable"
+    )
+
+
+def tied_rows(dist, labels):
+    """Queries with a positive and a negative at exactly the same distance.
+
+    On those rows the order of the two is implementation-defined in FastReID (``np.argsort``'s
+    default sort is not stable) while kdreid ranks the lower gallery index first, so their AP,
+    INP and first hit may legitimately differ.
+
+    Args:
+        dist (np.ndarray): (Q, G) distances.
+        labels (Labels): ids.
+
+    Returns:
+        np.ndarray: (Q,) bool.
+    """
+    tied = np.zeros(len(dist), dtype=bool)
+    for q in range(len(dist)):
+        same = labels.g_pids == labels.q_pids[q]
+        positive = same & (labels.g_camids != labels.q_camids[q])
+        tied[q] = np.isin(dist[q][~same], dist[q][positive]).any()
+    return tied
+
+
+def differences(ours, reference):
+    """Largest absolute differences between two ``(cmc, all_AP, all_INP)`` results.
+
+    Returns:
+        dict[str, float] | None: 'CMC', 'mAP', 'mINP', 'AP per query', 'INP per query'; None when
+        the two count different numbers of valid queries.
+    """
+    cmc, ap, inp = (np.asarray(x, dtype=np.float64) for x in ours)
+    ref_cmc, ref_ap, ref_inp = (np.asarray(x, dtype=np.float64) for x in reference)
+    if cmc.shape != ref_cmc.shape or ap.shape != ref_ap.shape or inp.shape != ref_inp.shape:
+        return None
+    return {
+        "CMC": float(np.abs(cmc - ref_cmc).max()),
+        "mAP": abs(float(ap.mean() - ref_ap.mean())),
+        "mINP": abs(float(inp.mean() - ref_inp.mean())),
+        "AP per query": float(np.abs(ap - ref_ap).max()),
+        "INP per query": float(np.abs(inp - ref_inp).max()),
+    }
+
+
+def check_same(what, ours, reference, results, strict=True):
+    """Print the differences; with ``strict``, record every one above :data:`TOLERANCE`.
+
+    Returns:
+        bool: every difference is within the tolerance.
+    """
+    diff = differences(ours, reference)
+    if diff is None:
+        if strict:
+            results.fail(f"{what}: different numbers of valid queries")
+        print(f"  {what}: different numbers of valid queries")
+        return False
+    print(f"  {what}: max |diff| " + ", ".join(f"{k} {v:.1e}" for k, v in diff.items()))
+    bad = {k: v for k, v in diff.items() if v > TOLERANCE}
+    if strict:
+        for key, value in bad.items():
+            results.fail(f"{what}: {key} differs by {value:.2e} > {TOLERANCE}")
+    return not bad
+
+
+def check_against_cython(evaluate_cy, dist, labels, ours, reference, results):
+    """kdreid against FastReID's Cython ranker: everything equal, rows with exact ties aside.
+
+    Without exact positive/negative ties the two must agree to :data:`TOLERANCE` on CMC, mAP,
+    mINP and every query's AP and INP. With ties, the full-matrix differences are shown, and
+    both rankers are run again on the tie-free rows, where they must agree.
+
+    Returns:
+        str: a note for the table.
+    """
+    tied = tied_rows(dist, labels)
+    if not tied.any():
+        same = check_same("kdreid vs Cython", ours, reference, results)
+        return "same results" if same else "RESULTS DIFFER"
+    same_all = check_same("kdreid vs Cython, all rows", ours, reference, results, strict=False)
+    print(
+        f"  {tied.sum()} query rows ({', '.join(map(str, np.flatnonzero(tied)[:8]))}"
+        f"{', ...' if tied.sum() > 8 else ''}) have a positive and a negative at exactly the "
+        "same float32 distance: FastReID's np.argsort (not stable) may order them either way, "
+        "kdreid puts the lower gallery index first"
+    )
+    keep = ~tied
+    sub = (dist[keep], labels.q_pids[keep], labels.g_pids, labels.q_camids[keep], labels.g_camids)
+    same = check_same(
+        f"kdreid vs Cython, {keep.sum()} tie-free rows",
+        evaluate_rank(*sub),
+        evaluate_cy(*sub, 50),
+        results,
+    )
+    if not same:
+        return "RESULTS DIFFER"
+    return "same results" if same_all else f"same results except on {tied.sum()} tied rows"
+
+
+def section_eval(work, args, results):
+    """CMC/mAP/mINP: kdreid's ``evaluate_rank`` against FastReID's Cython ``evaluate_cy``."""
+    section = "eval"
+    evaluate_cy = load_evaluate_cy(log=lambda line: print(f"  {line}"))
+    dist, labels = work.distmat, work.labels
+    print(
+        f"  distance matrix {dist.shape[0]:,} x {dist.shape[1]:,} {dist.dtype} "
+        f"({dist.nbytes / 2**20:.0f} MiB)"
+    )
+
+    cython = "FastReID evaluate_cy (Cython)"
+    reference, ref_times = timed(lambda: evaluate_cy(dist, *labels, 50), args.repeats)
+    _, sort_times = timed(lambda: np.argsort(dist, axis=1), args.repeats)
+    ours, times = timed(lambda: evaluate_rank(dist, *labels), args.repeats)
+    with _Threads(1):
+        ours_1, times_1 = timed(lambda: evaluate_rank(dist, *labels), args.repeats)
+
+    note = check_against_cython(evaluate_cy, dist, labels, ours, reference, results)
+    share = np.median(sort_times) / np.median(ref_times)
+    results.add(section, cython, ref_times, note="reference; single-threaded")
+    results.add(
+        section, "np.argsort of the matrix", sort_times, note=f"{share:.0%} of the Cython time"
+    )
+    threads = torch.get_num_threads()
+    results.add(section, f"kdreid evaluate_rank, {threads} threads", times, cython, note)
+    same = check_same("kdreid 1 thread vs kdreid", ours_1, ours, results)
+    results.add(
+        section,
+        "kdreid evaluate_rank, 1 thread",
+        times_1,
+        cython,
+        "same as above" if same else "RESULTS DIFFER",
+    )
+
+    if torch.cuda.is_available():
+        dist_cuda = torch.from_numpy(dist).cuda()
+        ours_gpu, gpu_times = timed(lambda: evaluate_rank(dist_cuda, *labels), args.repeats)
+        same = check_same("kdreid on the GPU vs kdreid", ours_gpu, ours, results)
+        results.add(
+            section,
+            f"kdreid evaluate_rank, {torch.cuda.get_device_name(0)}",
+            gpu_times,
+            cython,
+            ("same as above" if same else "RESULTS DIFFER") + "; matrix already on the GPU",
+        )
+
+    if args.with_python:
+        slow, py_times = timed(
+            lambda: evaluate_py(dist, *labels, 50, use_metric_cuhk03=False), 1, warmup=0
+        )
+        same = check_same("FastReID Python vs Cython", slow, reference, results)
+        results.add(
+            section,
+            "FastReID evaluate_py (Python)",
+            py_times,
+            cython,
+            "same as Cython" if same else "RESULTS DIFFER",
+        )
+
+    cmc, all_ap, all_inp = ours
+    print(
+        f"  metrics of this data: mAP {100 * all_ap.mean():.1f}, Rank-1 {100 * cmc[0]:.1f}, "
+        f"Rank-10 {100 * cmc[9]:.1f}, mINP {100 * all_inp.mean():.1f} (%), "
+        f"{len(all_ap):,} valid queries"
+    )
+
+
+SECTIONS = {"eval": section_eval}
+"""Section name -> function ``(workload, args, results)``, run in this order."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=list(SECTIONS),
+        default=list(SECTIONS),
+        help="sections to run (default: all)",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method (>= 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument(
+        "--with-python",
+        action="store_true",
+        help="eval: also time FastReID's pure-Python ranker once (about a minute)",
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work = Workload(seed=args.seed)
+    print("Retrieval benchmark")
+    for line in machine_description():
+        print(line)
+    print(f"Data: {work.describe()}")
+    print(f"Timing: median of {args.repeats} runs after one warm-up run")
+    warning = busy_warning()
+    if warning:
+        print(warning)
+    print()
+    results = Results()
+    for name in SECTIONS:
+        if name in args.sections:
+            print(f"[{name}]")
+            SECTIONS[name](work, args, results)
+    made = ", ".join(f"{k} {v:.1f} s" for k, v in work.seconds.items())
+    print(f"\nData generated in: {made or 'not needed'}\n")
+    print(results.table())
+    if results.failures:
+        print(f"\n{len(results.failures)} mismatch(es):", *results.failures, sep="\n  ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
