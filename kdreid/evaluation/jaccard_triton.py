@@ -38,7 +38,14 @@ try:
 except ImportError:  # torch wheels without Triton (e.g. CPU-only): the torch path is used
     triton = None
 
-__all__ = ["SparseRows", "sparse_rows", "segments", "jaccard_chunks", "jaccard_accumulate"]
+__all__ = [
+    "SparseRows",
+    "sparse_rows",
+    "segments",
+    "jaccard_chunks",
+    "jaccard_accumulate",
+    "triton_mode",
+]
 
 BLOCK = 64
 """Inverted-index entries one kernel program handles per step (about one column's length)."""
@@ -56,7 +63,7 @@ class SparseRows(NamedTuple):
     vals: torch.Tensor  # (nnz,) float32
 
 
-def starts(index, size):
+def _starts(index, size):
     """(size + 1,) int64 start of each value's run in the sorted ``index`` (a CSR pointer)."""
     ptr = torch.zeros(size + 1, dtype=torch.int64, device=index.device)
     ptr[1:] = torch.cumsum(torch.bincount(index, minlength=size), 0)
@@ -65,7 +72,7 @@ def starts(index, size):
 
 def sparse_rows(rows, cols, vals, num_rows):
     """:class:`SparseRows` from entries sorted by (row, col)."""
-    return SparseRows(starts(rows, num_rows), rows, cols, vals)
+    return SparseRows(_starts(rows, num_rows), rows, cols, vals)
 
 
 def segments(ptr, which):
@@ -115,7 +122,7 @@ def jaccard_chunks(v, num_query, memory_budget):
     by_col = torch.argsort(v.cols[gallery], stable=True)
     inv_rows = (v.rows[gallery] - num_query)[by_col].int()
     inv_vals = v.vals[gallery][by_col]
-    inv_ptr = starts(v.cols[gallery][by_col], num_items)
+    inv_ptr = _starts(v.cols[gallery][by_col], num_items)
     q_entries = int(v.crow[num_query])
     visits = (inv_ptr[1:] - inv_ptr[:-1])[v.cols[:q_entries]].double()
     cost = torch.full((num_query,), 12.0 * num_gallery, dtype=torch.float64, device=v.vals.device)

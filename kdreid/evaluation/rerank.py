@@ -40,10 +40,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdreid.evaluation.jaccard_triton import jaccard_chunks, segments, sparse_rows
 from kdreid.evaluation.rank import _as_tensor
+from kdreid.evaluation.rerank_rows import FeatureRows, MatrixRows, pairwise_distance, row_blocks
 
 __all__ = ["re_ranking", "re_ranking_features", "pairwise_distance", "DEFAULT_MEMORY_BUDGET"]
 
@@ -52,118 +52,6 @@ DEFAULT_MEMORY_BUDGET = 64 * 2**20
 chunks run slower on the CPU: their fresh allocations cost page faults (about 1 s per GB here)."""
 
 METRICS = ("euclidean", "cosine")
-
-
-def _row_blocks(num_query, num_items, size):
-    """Row ranges of at most ``size`` rows, none straddling the query/gallery boundary."""
-    for first, last in ((0, num_query), (num_query, num_items)):
-        for start in range(first, last, size):
-            yield start, min(start + size, last)
-
-
-class _MatrixRows:
-    """The reference's squared joint matrix, transposed, read from ``q_g``, ``q_q``, ``g_g``."""
-
-    def __init__(self, q_g, q_q, g_g):
-        self.q_g, self.q_q, self.g_g = q_g, q_q, g_g
-        self.num_query, self.num_items = q_g.shape[0], sum(q_g.shape)
-        self.bytes_per_row = self.num_items * _bytes_per_entry(q_g.dtype)
-
-    def rows(self, start, stop, out):
-        """Write the (B, N) float32 squared distances of rows ``start:stop`` into ``out``."""
-        q = self.num_query
-        block = _workspace(out, self.q_g.dtype)
-        if start < q:
-            _copy_transposed(block[:, :q], self.q_q[:, start:stop])
-            block[:, q:].copy_(self.q_g[start:stop])
-        else:
-            _copy_transposed(block[:, :q], self.q_g[:, start - q : stop - q])
-            _copy_transposed(block[:, q:], self.g_g[:, start - q : stop - q])
-        return out.copy_(block.mul_(block))
-
-    def pairs(self, rows, cols):
-        """(P,) float32 squared distances of the pairs ``(rows[p], cols[p])``."""
-        q = self.num_query
-        value = torch.empty(rows.shape, dtype=self.q_g.dtype, device=rows.device)
-        for row_q in (True, False):
-            for col_q in (True, False):
-                sel = ((rows < q) == row_q) & ((cols < q) == col_q)
-                i, j = rows[sel] - (0 if row_q else q), cols[sel] - (0 if col_q else q)
-                if row_q != col_q:
-                    value[sel] = self.q_g[i, j] if row_q else self.q_g[j, i]
-                else:
-                    value[sel] = (self.q_q if row_q else self.g_g)[j, i]
-        return (value * value).float()
-
-
-def _copy_transposed(dst, src, tile=512):
-    """``dst.copy_(src.T)`` by tiles of ``src`` rows: several times faster than one strided copy."""
-    for start in range(0, src.shape[0], tile):
-        dst[:, start : start + tile].copy_(src[start : start + tile].T)
-
-
-def _bytes_per_entry(dtype):
-    """The float32 block, and a workspace in ``dtype`` unless that is float32."""
-    return 4 + (dtype != torch.float32) * dtype.itemsize
-
-
-def _workspace(out, dtype):
-    """``out`` itself for float32, else a block of its shape in ``dtype`` (squared, then cast)."""
-    return out if dtype == torch.float32 else torch.empty(out.shape, dtype=dtype, device=out.device)
-
-
-def _prepare(feats, metric):
-    """Features in a float dtype, unit-normalised for cosine; their squared norms."""
-    feats = feats.float() if feats.dtype in (torch.float16, torch.bfloat16) else feats
-    if metric == "cosine":
-        feats = F.normalize(feats, dim=1)
-    return feats, (feats * feats).sum(dim=1)
-
-
-def _finish(dots, norms_x, norms_y, metric):
-    """Distances from inner products (in place): see :func:`pairwise_distance`."""
-    if metric == "cosine":
-        return dots.neg_().add_(1)
-    return dots.mul_(-2).add_(norms_x).add_(norms_y).clamp_(min=0).sqrt_()
-
-
-def pairwise_distance(x, y, metric="euclidean"):
-    """The (m, n) distances of (m, d) ``x`` to (n, d) ``y`` that :func:`re_ranking_features` uses.
-
-    ``"euclidean"``: ``sqrt(max(-2 x.y + |x|^2 + |y|^2, 0))``, which the reference then squares;
-    ``"cosine"``: ``1 - x.y`` of the rows normalised by ``F.normalize``. In the features' dtype
-    (float16/bfloat16 in float32).
-    """
-    (x, norms_x), (y, norms_y) = _prepare(x, metric), _prepare(y, metric)
-    return _finish(x @ y.T, norms_x[:, None], norms_y[None, :], metric)
-
-
-class _FeatureRows:
-    """Squared distances of the joint features, by GEMM blocks or pair by pair."""
-
-    def __init__(self, q_feat, g_feat, metric, memory_budget):
-        self.feats, self.norms = _prepare(torch.cat([q_feat, g_feat]), metric)
-        self.metric, self.memory_budget = metric, memory_budget
-        self.num_query, self.num_items = q_feat.shape[0], self.feats.shape[0]
-        self.bytes_per_row = self.num_items * _bytes_per_entry(self.feats.dtype)
-
-    def rows(self, start, stop, out):
-        """Write the (B, N) float32 squared distances of rows ``start:stop`` into ``out``."""
-        block = _workspace(out, self.feats.dtype)
-        torch.matmul(self.feats[start:stop], self.feats.T, out=block)
-        dist = _finish(block, self.norms[start:stop, None], self.norms[None, :], self.metric)
-        return out.copy_(dist.mul_(dist))
-
-    def pairs(self, rows, cols):
-        """(P,) float32 squared distances of the pairs ``(rows[p], cols[p])``."""
-        out = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
-        step = max(1, self.memory_budget // (2 * self.feats.shape[1] * self.feats.element_size()))
-        for start in range(0, rows.numel(), step):
-            i, j = rows[start : start + step], cols[start : start + step]
-            dots = (self.feats[i] * self.feats[j]).sum(dim=1)
-            dist = _finish(dots, self.norms[i], self.norms[j], self.metric)
-            out[start : start + step] = dist.mul_(dist)
-        return out
 
 
 def _ordered_topk(dist, k, cuts):
@@ -212,6 +100,13 @@ class _Neighbours(NamedTuple):
 def _neighbours(source, width, cuts, out, block_rows):
     """Pass over row blocks: each row's maximum, its first ``width`` neighbours, and ``D[:q, q:]``.
 
+    Args:
+        source (MatrixRows | FeatureRows): the squared distances, by blocks of rows.
+        width (int): neighbours kept per row.
+        cuts (list[int]): prefix lengths whose sets are used (see :func:`_ordered_topk`).
+        out (Tensor): (q, g) float32, receives ``D[:q, q:]``.
+        block_rows (int): rows per block.
+
     Returns:
         _Neighbours
     """
@@ -221,15 +116,15 @@ def _neighbours(source, width, cuts, out, block_rows):
     near = torch.empty(num_items, width, dtype=torch.float32, device=device)
     row_max = torch.empty(num_items, dtype=torch.float32, device=device)
     buffer = torch.empty(min(block_rows, num_items), num_items, dtype=torch.float32, device=device)
-    for start, stop in _row_blocks(num_query, num_items, block_rows):
+    for start, stop in row_blocks(num_query, num_items, block_rows):
         dist = source.rows(start, stop, buffer[: stop - start])
         peak = dist.amax(dim=1)
         if not bool(torch.isfinite(peak).all()):
-            bad = int((~torch.isfinite(peak)).nonzero()[0, 0]) + start
-            raise ValueError(f"distances contain NaN or inf (or overflow when squared): item {bad}")
+            bad = _item(int((~torch.isfinite(peak)).nonzero()[0, 0]) + start, num_query)
+            raise ValueError(f"distances of {bad} contain NaN or inf (or overflow when squared)")
         if not bool((peak > 0).all()):
-            bad = int((peak <= 0).nonzero()[0, 0]) + start
-            raise ValueError(f"all distances from item {bad} are zero: D cannot be normalised")
+            bad = _item(int((peak <= 0).nonzero()[0, 0]) + start, num_query)
+            raise ValueError(f"all distances of {bad} are zero: D cannot be normalised")
         dist.div_(peak[:, None])
         ranks[start:stop] = _ordered_topk(dist, width, cuts)
         near[start:stop] = dist.gather(1, ranks[start:stop])
@@ -237,6 +132,11 @@ def _neighbours(source, width, cuts, out, block_rows):
         if start < num_query:
             out[start:stop] = dist[:, num_query:]
     return _Neighbours(ranks, near, row_max)
+
+
+def _item(index, num_query):
+    """A joint index as ``"query i"`` or ``"gallery item j"``."""
+    return f"query {index}" if index < num_query else f"gallery item {index - num_query}"
 
 
 def _reciprocal(ranks, rows, k):
@@ -461,7 +361,7 @@ def re_ranking(
     """
     k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
     q_g, q_q, g_g = _check_matrices(q_g_dist, q_q_dist, g_g_dist)
-    source = _MatrixRows(q_g, q_q, g_g)
+    source = MatrixRows(q_g, q_q, g_g)
     out = torch.empty(q_g.shape, dtype=torch.float32, device=q_g.device)
     block_rows = max(1, memory_budget // source.bytes_per_row)
     _rerank(source, k1, k2, lambda_value, out, memory_budget, block_rows)
@@ -510,7 +410,7 @@ def re_ranking_features(
     """
     k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
     q, g = _check_features(q_feat, g_feat, metric)
-    source = _FeatureRows(q, g, metric, memory_budget)
+    source = FeatureRows(q, g, metric, memory_budget)
     if chunk_size is None:
         chunk_size = max(1, memory_budget // source.bytes_per_row)
     chunk_size = _check_int("chunk_size", chunk_size)

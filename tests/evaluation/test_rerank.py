@@ -232,8 +232,8 @@ def good_matrices():
         ({"g_g_dist": np.zeros((12, 11))}, "g_g_dist must be 12 x 12"),
         ({"q_g_dist": np.zeros(12)}, "q_g_dist must be 2-D and real"),
         ({"q_g_dist": np.zeros((0, 12)), "q_q_dist": np.zeros((0, 0))}, "non-empty"),
-        ({"q_g_dist": np.full((4, 12), np.nan)}, "NaN or inf"),
-        ({"g_g_dist": np.full((12, 12), np.inf)}, "NaN or inf"),
+        ({"q_g_dist": np.full((4, 12), np.nan)}, "distances of query 0 contain NaN or inf"),
+        ({"g_g_dist": np.full((12, 12), np.inf)}, "gallery item 0 contain NaN or inf"),
         ({"k1": 0}, "k1 must be an integer >= 1"),
         ({"k1": 2.5}, "k1 must be an integer >= 1"),
         ({"k2": 0}, "k2 must be an integer >= 1"),
@@ -250,7 +250,7 @@ def test_bad_matrix_inputs(change, message):
 
 
 def test_all_zero_distances_rejected():
-    with pytest.raises(ValueError, match="all distances from item 0 are zero"):
+    with pytest.raises(ValueError, match="all distances of query 0 are zero"):
         re_ranking(np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((3, 3)))
 
 
