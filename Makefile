@@ -28,7 +28,7 @@ test: lint
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in benchmarks/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -22,9 +22,12 @@ generates the features and the distance matrix once, on first use.
 """
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from functools import cached_property
 from typing import NamedTuple
@@ -41,9 +44,24 @@ from fastreid.evaluation.rank import evaluate_py
 from fastreid.utils.compute_dist import build_dist
 
 from kdreid.evaluation import evaluate_rank
+from kdreid.evaluation.rerank import pairwise_distance
 
 TOLERANCE = 1e-6
 """Largest difference allowed in every CMC value, in mAP and in mINP."""
+
+RERANK_TOLERANCE = 1e-5
+"""Largest difference allowed between kdreid's and FastReID's re-ranked distances."""
+
+RERANK_METRIC = "euclidean"
+"""Distance the re-ranking sections feed (``pairwise_distance``); the reference squares it."""
+
+MARKET = {"num_query": 3368, "num_gallery": 15913, "num_ids": 750, "num_distractors": 2793}
+"""Market-1501's test split as FastReID loads it (6 cameras)."""
+
+MSMT17 = {"num_query": 11659, "num_gallery": 82161, "num_ids": 3060, "num_distractors": 0}
+"""MSMT17's test split (15 cameras, no distractors)."""
+
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_peak_memory.py")
 
 
 class Labels(NamedTuple):
@@ -200,7 +218,8 @@ class Results:
             if row.reference is None:
                 speed = ""
             else:
-                speed = f"{self._median(row.section, row.reference) / median:.1f}x"
+                ratio = self._median(row.section, row.reference) / median
+                speed = f"{ratio:.1f}x" if ratio >= 1 else f"{ratio:.2f}x"
             body.append(
                 [
                     row.section,
@@ -446,8 +465,125 @@ def section_eval(work, args, results):
     )
 
 
-SECTIONS = {"eval": section_eval}
+def scaled(sizes, scale):
+    """The split's sizes times ``scale`` (at least 1 each, distractors at least 0)."""
+    return {
+        key: max(0 if key == "num_distractors" else 1, round(value * scale))
+        for key, value in sizes.items()
+    }
+
+
+def gib(num_bytes):
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+def run_isolated(method, input_dir, output=None, repeats=1, warmup=0, metric=RERANK_METRIC):
+    """Run ``_peak_memory.py``: one method in a fresh process; returns its JSON report."""
+    command = [sys.executable, HELPER, method, input_dir, "--repeats", str(repeats)]
+    command += ["--warmup", str(warmup), "--metric", metric]
+    if output:
+        command += ["--output", output]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{method} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    peak, before = report["hwm_after"], report["hwm_before"]
+    report["memory"] = f"peak {gib(peak)} (+{gib(peak - before)} over the loaded inputs)"
+    print(
+        f"  {method}: {', '.join(f'{t:.2f}' for t in report['times'])} s; VmHWM "
+        f"{gib(before)} after loading {gib(report['input_bytes'])} of inputs, {gib(peak)} after "
+        f"the run(s)"
+    )
+    return report
+
+
+def section_rerank(work, args, results):
+    """k-reciprocal re-ranking of distance matrices: kdreid against FastReID's NumPy code."""
+    section = "rerank"
+    query, gallery = work.features
+    labels = work.labels
+    with tempfile.TemporaryDirectory(prefix="kdreid-rerank-") as tmp:
+        start = time.perf_counter()
+        for name, x, y in [
+            ("q_g", query, gallery),
+            ("q_q", query, query),
+            ("g_g", gallery, gallery),
+        ]:
+            dist = pairwise_distance(x, y, RERANK_METRIC).numpy()
+            np.save(os.path.join(tmp, f"{name}.npy"), dist)
+            print(
+                f"  {name}: {dist.shape[0]:,} x {dist.shape[1]:,} {dist.dtype} ({gib(dist.nbytes)})"
+            )
+            del dist
+        print(
+            f"  {RERANK_METRIC} pairwise_distance matrices made and saved in "
+            f"{time.perf_counter() - start:.1f} s; k1 = 20, k2 = 6, lambda = 0.3; each method "
+            "runs in a fresh process (peak memory = its VmHWM)"
+        )
+        ref_out, ours_out = os.path.join(tmp, "fastreid.npy"), os.path.join(tmp, "kdreid.npy")
+        ref = run_isolated("fastreid", tmp, ref_out)
+        ours = run_isolated("kdreid", tmp, ours_out, repeats=args.repeats, warmup=1)
+        ref_dist, ours_dist = np.load(ref_out), np.load(ours_out)
+
+    max_diff = float(np.abs(ours_dist.astype(np.float64) - ref_dist).max())
+    print(f"  max |kdreid - FastReID| of the re-ranked distances: {max_diff:.1e}")
+    same = max_diff <= RERANK_TOLERANCE
+    if not same:
+        results.fail(f"rerank: distances differ by {max_diff:.2e} > {RERANK_TOLERANCE}")
+    ours_metrics = evaluate_rank(ours_dist, *labels)
+    same &= check_same(
+        "metrics, kdreid vs FastReID", ours_metrics, evaluate_rank(ref_dist, *labels), results
+    )
+    cmc, all_ap, _ = ours_metrics
+    print(
+        f"  metrics after re-ranking: mAP {100 * all_ap.mean():.1f}, Rank-1 {100 * cmc[0]:.1f} (%)"
+    )
+
+    reference = "FastReID re_ranking (NumPy)"
+    results.add(section, reference, ref["times"], note=f"reference, 1 run; {ref['memory']}")
+    verdict = f"max abs diff {max_diff:.1e}, same metrics" if same else "RESULTS DIFFER"
+    results.add(
+        section, "kdreid re_ranking", ours["times"], reference, f"{verdict}; {ours['memory']}"
+    )
+
+
+def section_rerank_msmt(work, args, results):
+    """k-reciprocal re-ranking from features at MSMT17 size: kdreid only."""
+    section = "rerank_msmt"
+    msmt = Workload(
+        seed=args.seed, num_cams=15, dim=args.msmt_dim, **scaled(MSMT17, args.msmt_scale)
+    )
+    print(f"  data: {msmt.describe()}")
+    num_items = msmt.num_query + msmt.num_gallery
+    dense = num_items**2 * 4
+    print(
+        f"  FastReID's re_ranking cannot run at this size: its dense N x N float32 matrices "
+        f"(N = {num_items:,}) need N^2 * 4 B = {dense / 1e9:.1f} GB ({gib(dense)}) each, "
+        f"on a {gib(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))} machine"
+    )
+    query, gallery = msmt.features
+    with tempfile.TemporaryDirectory(prefix="kdreid-rerank-msmt-") as tmp:
+        np.save(os.path.join(tmp, "q_feat.npy"), query.numpy())
+        np.save(os.path.join(tmp, "g_feat.npy"), gallery.numpy())
+        del query, gallery, msmt.features
+        report = run_isolated("features", tmp)
+    out_bytes = msmt.num_query * msmt.num_gallery * 4
+    results.add(
+        section,
+        f"kdreid re_ranking_features, N = {num_items:,}, d = {msmt.dim:,}",
+        report["times"],
+        note=(
+            f"1 run; {report['memory']}, output {gib(out_bytes)}; reference needs "
+            f"{dense / 1e9:.0f} GB per N x N matrix"
+        ),
+    )
+
+
+SECTIONS = {"eval": section_eval, "rerank": section_rerank, "rerank_msmt": section_rerank_msmt}
 """Section name -> function ``(workload, args, results)``, run in this order."""
+
+OPT_IN = ("rerank_msmt",)
+"""Sections that run only when named in ``--sections``."""
 
 
 def parse_args(argv=None):
@@ -456,8 +592,8 @@ def parse_args(argv=None):
         "--sections",
         nargs="+",
         choices=list(SECTIONS),
-        default=list(SECTIONS),
-        help="sections to run (default: all)",
+        default=[name for name in SECTIONS if name not in OPT_IN],
+        help="sections to run (default: all but " + ", ".join(OPT_IN) + ")",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method (>= 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
@@ -466,7 +602,24 @@ def parse_args(argv=None):
         action="store_true",
         help="eval: also time FastReID's pure-Python ranker once (about a minute)",
     )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="Market-1501 split sizes times this (e.g. 0.125 for a quick try; default 1)",
+    )
+    parser.add_argument(
+        "--msmt-dim", type=int, default=2048, help="rerank_msmt: feature dimension (default 2048)"
+    )
+    parser.add_argument(
+        "--msmt-scale",
+        type=float,
+        default=1.0,
+        help="rerank_msmt: MSMT17 split sizes times this (default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.scale <= 0 or args.msmt_scale <= 0 or args.msmt_dim < 1:
+        parser.error("--scale and --msmt-scale must be positive, --msmt-dim at least 1")
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     return args
@@ -474,7 +627,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    work = Workload(seed=args.seed)
+    work = Workload(seed=args.seed, **scaled(MARKET, args.scale))
     print("Retrieval benchmark")
     for line in machine_description():
         print(line)
