@@ -5,7 +5,7 @@ import pytest
 import torch
 from fastreid.evaluation.rank import eval_market1501
 
-from kdreid.evaluation import evaluate_rank
+from kdreid.evaluation import evaluate_rank, rank
 
 
 def reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -194,6 +194,66 @@ def test_chunking_is_exact():
     for chunk_size in (1, 3, 7, None, 1000):
         for ours, theirs in zip(evaluate_rank(*case, chunk_size=chunk_size), whole):
             np.testing.assert_array_equal(ours, theirs)
+
+
+def tied_case():
+    """Integer distances (ties in every row) in half the rows, continuous ones in the other half."""
+    distmat, q_pids, g_pids, q_camids, g_camids = uniform_case(12, 36, 150, num_ids=6)
+    distmat[::2] = np.floor(distmat[::2] * 6)
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+PATH_CASES = {
+    # Random distances, a weak model: about half of each row lies before its last positive.
+    "weak": lambda: uniform_case(10, 40, 300, num_ids=5),
+    "clustered": lambda: clustered_case(11, 45, 260),
+    "tied": tied_case,
+}
+
+
+@pytest.mark.parametrize("chunk_size", [7, None])
+@pytest.mark.parametrize("name", sorted(PATH_CASES))
+def test_candidate_path_matches_whole_row_placement(monkeypatch, name, chunk_size):
+    """Every row forced onto the candidate path, onto whole-row placement, or split by budget."""
+    case = PATH_CASES[name]()
+    placed_rows = []
+    place = rank._ranks_by_placement
+
+    def counting_placement(dist, same):
+        placed_rows.append(dist.shape[0])
+        return place(dist, same)
+
+    monkeypatch.setattr(rank, "_ranks_by_placement", counting_placement)
+    results = {}
+    for ratio in (float("inf"), 0.0, 0.5, rank.CANDIDATE_WORK_RATIO):
+        placed_rows.clear()
+        monkeypatch.setattr(rank, "CANDIDATE_WORK_RATIO", ratio)
+        results[ratio] = evaluate_rank(*case, chunk_size=chunk_size)
+        if ratio == float("inf"):
+            assert not placed_rows
+        if ratio == 0.0:  # every row with a positive is placed whole
+            assert sum(placed_rows) >= len(results[ratio][1])
+    fast = results[float("inf")]
+    for other in results.values():
+        for ours, theirs in zip(other, fast):
+            np.testing.assert_array_equal(ours, theirs)
+    distmat = stable_positions(case[0]) if name == "tied" else case[0]
+    assert_same_metrics(fast, reference(distmat, *case[1:]))
+
+
+def test_weak_model_rows_fall_back_to_placement(monkeypatch):
+    """Under the default budget, random distances send rows to whole-row placement."""
+    case = PATH_CASES["weak"]()
+    placed_rows = []
+    place = rank._ranks_by_placement
+
+    def counting_placement(dist, same):
+        placed_rows.append(dist.shape[0])
+        return place(dist, same)
+
+    monkeypatch.setattr(rank, "_ranks_by_placement", counting_placement)
+    assert_same_metrics(evaluate_rank(*case), reference(*case))
+    assert sum(placed_rows) > 0
 
 
 def valid_case():
