@@ -449,7 +449,7 @@ def section_eval(work, args, results):
     )
 
     if torch.cuda.is_available():
-        dist_cuda = torch.from_numpy(dist).cuda()
+        dist_cuda = torch.from_numpy(dist).to("cuda")
         ours_gpu, gpu_times = timed(lambda: evaluate_rank(dist_cuda, *labels), args.repeats)
         same = check_same("kdreid on the GPU vs kdreid", ours_gpu, ours, results)
         results.add(

@@ -10,7 +10,6 @@ evaluates the untrained model, trains it, evaluates it again and prints both sid
 import argparse
 import logging
 import os
-import sys
 import time
 
 from tabulate import tabulate
@@ -21,8 +20,7 @@ from fastreid.utils.logger import setup_logger  # noqa: E402
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device  # noqa: E402
 from kdreid.engine import Trainer, seed  # noqa: E402
-from kdreid.engine.defaults import user_message  # noqa: E402
-from kdreid.errors import UserInputError  # noqa: E402
+from kdreid.engine.defaults import report_user_errors  # noqa: E402
 
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
 
@@ -85,11 +83,7 @@ def run(args):
 
 
 def main(argv=None):
-    try:
-        run(parse_args(argv))
-    except UserInputError as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
-        sys.exit(2)
+    report_user_errors(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ match; junk left out). With ``--rerank`` a second row shows the k-reciprocal re-
 import argparse
 import logging
 import os
-import sys
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from fastreid.utils.logger import setup_logger  # noqa: E402
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device  # noqa: E402
 from kdreid.engine import ProgressLoader, Trainer, load_weights_strict  # noqa: E402
-from kdreid.engine.defaults import user_message  # noqa: E402
+from kdreid.engine.defaults import report_user_errors  # noqa: E402
 from kdreid.errors import ConfigError, UserInputError  # noqa: E402
 from kdreid.evaluation import evaluate_rank  # noqa: E402
 from kdreid.evaluation.visualize import (  # noqa: E402
@@ -209,11 +208,7 @@ def run(args):
 
 
 def main(argv=None):
-    try:
-        run(parse_args(argv))
-    except UserInputError as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
-        sys.exit(2)
+    report_user_errors(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ from kdreid.engine.checkpoint import load_weights_strict
 from kdreid.engine.trainer import Trainer
 from kdreid.errors import UserInputError
 
-__all__ = ["default_argument_parser", "seed", "setup", "main", "launch_main"]
+__all__ = [
+    "default_argument_parser",
+    "seed",
+    "setup",
+    "main",
+    "launch_main",
+    "report_user_errors",
+    "user_message",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +90,18 @@ def user_message(exc):
     return message
 
 
-def _main_reporting_errors(args, trainer_cls):
+def report_user_errors(fn, *args):
+    """Call ``fn(*args)``; bad input ends the process with one ``error:`` line and status 2."""
     try:
-        return main(args, trainer_cls)
+        return fn(*args)
     except UserInputError as exc:
         logger.debug("User input error", exc_info=True)
         print(f"error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _main_reporting_errors(args, trainer_cls):
+    return report_user_errors(main, args, trainer_cls)
 
 
 def launch_main(args, trainer_cls=Trainer):
