@@ -216,3 +216,11 @@ def test_seed_makes_initialisation_repeatable(tmp_path):
     seed(cfg)
     other = Trainer.build_model(cfg).state_dict()
     assert not torch.equal(other["backbone.conv1.weight"], states[0]["backbone.conv1.weight"])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="needs a machine with fewer than 2 GPUs")
+def test_cli_more_gpus_than_present(datasets_root):
+    proc = _run("MDPR", "--config-file", TINY, "--num-gpus", "2", env=_env(datasets_root))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "error: --num-gpus 2 but torch sees" in out and "Traceback" not in out
