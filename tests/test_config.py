@@ -25,9 +25,12 @@ def test_get_cfg_applies_every_extension():
     "path", sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yml"), recursive=True))
 )
 def test_every_committed_config_loads(path):
+    from fastreid.data.datasets import DATASET_REGISTRY
+
     cfg = get_cfg()
     merge_from_file(cfg, path)
-    assert cfg.DATASETS.NAMES
+    for name in (*cfg.DATASETS.NAMES, *cfg.DATASETS.TESTS):
+        assert DATASET_REGISTRY.get(name)  # raises KeyError on a misspelt dataset
 
 
 def test_leaf_configs_inherit_from_bases():

@@ -211,19 +211,25 @@ PATH_CASES = {
 }
 
 
-@pytest.mark.parametrize("chunk_size", [7, None])
-@pytest.mark.parametrize("name", sorted(PATH_CASES))
-def test_candidate_path_matches_whole_row_placement(monkeypatch, name, chunk_size):
-    """Every row forced onto the candidate path, onto whole-row placement, or split by budget."""
-    case = PATH_CASES[name]()
-    placed_rows = []
+@pytest.fixture
+def placed_rows(monkeypatch):
+    """The row counts of every block sent to whole-row placement (``_ranks_by_placement``)."""
+    rows = []
     place = rank._ranks_by_placement
 
     def counting_placement(dist, same):
-        placed_rows.append(dist.shape[0])
+        rows.append(dist.shape[0])
         return place(dist, same)
 
     monkeypatch.setattr(rank, "_ranks_by_placement", counting_placement)
+    return rows
+
+
+@pytest.mark.parametrize("chunk_size", [7, None])
+@pytest.mark.parametrize("name", sorted(PATH_CASES))
+def test_candidate_path_matches_whole_row_placement(monkeypatch, placed_rows, name, chunk_size):
+    """Every row forced onto the candidate path, onto whole-row placement, or split by budget."""
+    case = PATH_CASES[name]()
     results = {}
     for ratio in (float("inf"), 0.0, 0.5, rank.CANDIDATE_WORK_RATIO):
         placed_rows.clear()
@@ -241,17 +247,9 @@ def test_candidate_path_matches_whole_row_placement(monkeypatch, name, chunk_siz
     assert_same_metrics(fast, reference(distmat, *case[1:]))
 
 
-def test_weak_model_rows_fall_back_to_placement(monkeypatch):
+def test_weak_model_rows_fall_back_to_placement(placed_rows):
     """Under the default budget, random distances send rows to whole-row placement."""
     case = PATH_CASES["weak"]()
-    placed_rows = []
-    place = rank._ranks_by_placement
-
-    def counting_placement(dist, same):
-        placed_rows.append(dist.shape[0])
-        return place(dist, same)
-
-    monkeypatch.setattr(rank, "_ranks_by_placement", counting_placement)
     assert_same_metrics(evaluate_rank(*case), reference(*case))
     assert sum(placed_rows) > 0
 
