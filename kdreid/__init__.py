@@ -2,7 +2,8 @@
 
 Importing :mod:`kdreid` repairs fastreid 1.4.0 for today's Python/torch/numpy and for the CPU
 (:mod:`kdreid.compat`), makes FastReID's data errors name their files
-(:mod:`kdreid.data.checks`) and registers kdreid's datasets (:mod:`kdreid.data`).
+(:mod:`kdreid.data.checks`) and registers kdreid's datasets (:mod:`kdreid.data`) and its generic
+distiller meta-architecture (:mod:`kdreid.distill`).
 """
 
 from kdreid import compat
@@ -14,5 +15,6 @@ from kdreid.data import checks  # noqa: E402
 checks.install()
 
 import kdreid.data  # noqa: E402, F401  (imported for registration: SynthReID datasets)
+import kdreid.distill  # noqa: E402, F401  (imported for registration: KDReIDDistiller)
 
 __version__ = "0.1.0"

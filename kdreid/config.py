@@ -50,6 +50,38 @@ def add_kdreid_config(cfg: CfgNode) -> None:
     cfg.KDREID.PROGRESS = True
     # Queries ranked at once by the evaluator; 0 picks the largest chunk within a memory budget.
     cfg.KDREID.RANK_CHUNK = 0
+    # With --eval-only: also measure the model's speed (params, multiply-adds, latency at batch 1,
+    # throughput at TEST.IMS_PER_BATCH) and write it with the accuracy to
+    # OUTPUT_DIR/speed_accuracy.json.
+    cfg.KDREID.SPEED = True
+    # Name of the model in that record and in trade-off tables; "" uses the config file's name.
+    cfg.KDREID.NAME = ""
+
+    # The generic distiller (MODEL.META_ARCHITECTURE: KDReIDDistiller). Its teachers are FastReID's
+    # KD.MODEL_CONFIG (config files) and KD.MODEL_WEIGHTS (one checkpoint per config).
+    cfg.KDREID.DISTILL = CfgNode()
+    # Meta-architecture of the student (any registered one whose head returns FastReID's outputs).
+    cfg.KDREID.DISTILL.STUDENT = "Baseline"
+    # The student's submodule whose training outputs (pred_class_logits, features) are distilled.
+    cfg.KDREID.DISTILL.HEAD = "heads"
+    # Factor on the student's own cross-entropy loss (1 - lambda in Hinton's formulation).
+    cfg.KDREID.DISTILL.CE_WEIGHT = 1.0
+    # Logit distillation: "kl" (Hinton), "skl" (FastReID's symmetric KL), "js" (Jensen-Shannon),
+    # "none". Needs teachers trained on the student's identities.
+    cfg.KDREID.DISTILL.LOGIT_LOSS = "kl"
+    # Temperature T of the logit loss (> 0); the loss is scaled by T^2.
+    cfg.KDREID.DISTILL.TEMPERATURE = 4.0
+    # Weight of the logit term (lambda).
+    cfg.KDREID.DISTILL.LOGIT_WEIGHT = 1.0
+    # Feature mimicking between a linear projection of the student's feature and each teacher's
+    # retrieval feature: "l2", "cosine" or "none".
+    cfg.KDREID.DISTILL.FEATURE_LOSS = "none"
+    # Weight of the feature term.
+    cfg.KDREID.DISTILL.FEATURE_WEIGHT = 0.0
+    # Weight of the relation term (pairwise similarity matrices of the batch); 0 turns it off.
+    cfg.KDREID.DISTILL.RELATION_WEIGHT = 0.0
+    # Ramp every distillation term linearly from 0 to its weight over this many iterations.
+    cfg.KDREID.DISTILL.WARMUP_ITERS = 0
 
 
 def _extensions():

@@ -26,3 +26,32 @@ def fastreid_root(datasets_root, monkeypatch):
     monkeypatch.setattr(build, "_root", str(datasets_root))
     monkeypatch.setenv("FASTREID_DATASETS", str(datasets_root))
     return datasets_root
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(datasets_root, tmp_path_factory):
+    """A ResNet-18 teacher trained for 2 epochs on SynthReID-tiny: ``(config file, checkpoint)``.
+
+    Weak, but a real FastReID checkpoint with a classifier over SynthReID-tiny's identities, as
+    distillation needs.
+    """
+    from fastreid.data import build
+
+    from kdreid.config import get_cfg, merge_from_file, resolve_device
+    from kdreid.engine import Trainer
+
+    config = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
+    output_dir = tmp_path_factory.mktemp("tiny_teacher")
+    cfg = get_cfg()
+    merge_from_file(cfg, config)
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.KDREID.PROGRESS = False
+    cfg.KDREID.SEED = 0
+    resolve_device(cfg)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(build, "_root", str(datasets_root))
+        mp.setenv("FASTREID_DATASETS", str(datasets_root))
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+    return config, str(output_dir / "model_final.pth")

@@ -10,7 +10,14 @@ from fastreid.utils.checkpoint import Checkpointer
 from kdreid.compat import CheckpointLoadError, load_checkpoint_file
 from kdreid.errors import WeightsError
 
-__all__ = ["AtomicCheckpointer", "atomic_write", "load_weights_strict"]
+__all__ = [
+    "AtomicCheckpointer",
+    "TRAINING_ONLY_PREFIX",
+    "atomic_write",
+    "fit_state_dict",
+    "load_weights_strict",
+    "read_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,27 +80,33 @@ def _format_keys(keys, limit=20):
     return shown + more
 
 
-def load_weights_strict(model, path):
-    """Load ``path``'s model weights into ``model``; anything that does not fit is an error.
+# Keys of training-only modules (distillation adapters, projections): saved so that ``--resume``
+# restores them, never part of the deployed model, so a model without them skips them on load.
+TRAINING_ONLY_PREFIX = "distill."
+
+
+def read_state_dict(path, option="MODEL.WEIGHTS"):
+    """Read the model state dict of a checkpoint file without executing pickled code.
 
     Accepts a FastReID checkpoint (state dict under ``"model"``) or a bare state dict; strips a
-    ``module.`` prefix left by (Distributed)DataParallel. Parameters the model holds as empty
-    tensors (a classifier built with ``MODEL.HEADS.NUM_CLASSES 0``) keep their empty value.
+    ``module.`` prefix left by (Distributed)DataParallel.
 
     Args:
-        model (torch.nn.Module): the model to fill.
         path (str): a checkpoint file.
+        option (str): the config key or flag that named ``path``, for error messages.
+
+    Returns:
+        dict[str, Tensor]: the state dict.
 
     Raises:
-        WeightsError: ``path`` is empty, missing or unreadable, or its keys or shapes differ from
-            the model's (the message lists them).
+        WeightsError: ``path`` is empty, missing, unreadable, or holds no state dict.
     """
     if not path:
         raise WeightsError(
-            "No weights to evaluate: pass the checkpoint as MODEL.WEIGHTS path/to/model_final.pth."
+            f"No weights given: name the checkpoint with {option} path/to/model.pth."
         )
     if not os.path.isfile(path):
-        raise WeightsError(f"MODEL.WEIGHTS '{path}' does not exist.")
+        raise WeightsError(f"{option} '{path}' does not exist.")
     try:
         checkpoint = load_checkpoint_file(path)
     except CheckpointLoadError as exc:
@@ -104,13 +117,39 @@ def load_weights_strict(model, path):
             f"'{path}' holds no state dict (expected a dict of tensors, or one "
             "under the key 'model')."
         )
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def fit_state_dict(model, state, source):
+    """Check that ``state`` fits ``model`` exactly and load it.
+
+    Parameters the model holds as empty tensors (a classifier built with
+    ``MODEL.HEADS.NUM_CLASSES 0``) keep their empty value; training-only keys
+    (:data:`TRAINING_ONLY_PREFIX`) that the model does not have are skipped.
+
+    Args:
+        model (torch.nn.Module): the model to fill.
+        state (dict[str, Tensor]): its weights.
+        source (str): where ``state`` comes from, for messages.
+
+    Returns:
+        list[str]: the checkpoint keys that were not loaded (unused at inference).
+
+    Raises:
+        WeightsError: keys or shapes differ from the model's (the message lists them).
+    """
+    state = dict(state)
     expected = model.state_dict()
     # A classifier built without a class count (MODEL.HEADS.NUM_CLASSES 0, as for evaluation) is
     # empty; the checkpoint's classifier is training-only and is not loaded into it.
     unused = sorted(k for k in set(state) & set(expected) if expected[k].numel() == 0)
     for key in unused:
         state[key] = expected[key]
+    training_only = sorted(
+        k for k in set(state) - set(expected) if k.startswith(TRAINING_ONLY_PREFIX)
+    )
+    for key in training_only:
+        del state[key]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(
@@ -127,9 +166,27 @@ def load_weights_strict(model, path):
         problems.append(f"  different shapes ({len(shapes)}):\n{_format_keys(shapes)}")
     if problems:
         raise WeightsError(
-            f"Weights '{path}' do not fit the model {type(model).__name__}:\n" + "\n".join(problems)
+            f"Weights {source} do not fit the model {type(model).__name__}:\n" + "\n".join(problems)
         )
     model.load_state_dict(state, strict=True)
+    return unused + training_only
+
+
+def load_weights_strict(model, path):
+    """Load ``path``'s model weights into ``model``; anything that does not fit is an error.
+
+    See :func:`read_state_dict` for the accepted files and :func:`fit_state_dict` for what
+    "fits" means.
+
+    Args:
+        model (torch.nn.Module): the model to fill.
+        path (str): a checkpoint file.
+
+    Raises:
+        WeightsError: ``path`` is empty, missing or unreadable, or its keys or shapes differ from
+            the model's (the message lists them).
+    """
+    unused = fit_state_dict(model, read_state_dict(path), f"'{path}'")
     logger.info(
         "Loaded weights from %s%s",
         path,

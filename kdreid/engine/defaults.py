@@ -10,6 +10,7 @@ A project's ``train_net.py`` is::
 """
 
 import logging
+import os
 import sys
 
 import torch
@@ -18,6 +19,7 @@ from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
+from kdreid.benchmark import format_record, profile_model, write_record
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
 from kdreid.engine.checkpoint import load_weights_strict
 from kdreid.engine.trainer import Trainer
@@ -25,6 +27,9 @@ from kdreid.errors import UserInputError
 
 __all__ = [
     "default_argument_parser",
+    "deployed_model",
+    "evaluate_only",
+    "speed_accuracy_record",
     "seed",
     "setup",
     "main",
@@ -69,15 +74,79 @@ def main(args, trainer_cls=Trainer):
     """
     cfg = setup(args)
     if args.eval_only:
-        cfg.defrost()
-        cfg.MODEL.BACKBONE.PRETRAIN = False
-        cfg.freeze()
-        model = trainer_cls.build_model(cfg)
-        load_weights_strict(model, cfg.MODEL.WEIGHTS)
-        return trainer_cls.test(cfg, model)
+        return evaluate_only(cfg, trainer_cls, config_file=args.config_file)
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def evaluate_only(cfg, trainer_cls=Trainer, config_file=""):
+    """``--eval-only``: accuracy of ``MODEL.WEIGHTS`` and, with ``KDREID.SPEED``, its speed.
+
+    Teachers (``KD.MODEL_CONFIG``) are training-only and are not built: a distiller is evaluated
+    as its student. The speed figures are those of the deployed model
+    (:func:`kdreid.distill.deployable`) on ``MODEL.DEVICE``; the record (accuracy, params,
+    multiply-adds, latency, throughput) is printed and written to
+    ``OUTPUT_DIR/speed_accuracy.json``.
+
+    Returns:
+        dict: the evaluation results.
+    """
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    if cfg.KD.MODEL_CONFIG:
+        logger.info("Teachers are training-only: evaluating the student alone.")
+        cfg.KD.MODEL_CONFIG = []
+        cfg.KD.MODEL_WEIGHTS = []
+    cfg.freeze()
+    model = trainer_cls.build_model(cfg)
+    load_weights_strict(model, cfg.MODEL.WEIGHTS)
+    results = trainer_cls.test(cfg, model)
+    if cfg.KDREID.SPEED and comm.is_main_process():
+        record = speed_accuracy_record(cfg, deployed_model(model), results, config_file)
+        logger.info("Speed and accuracy:\n%s", format_record(record))
+        path = os.path.join(cfg.OUTPUT_DIR, "speed_accuracy.json")
+        write_record(path, record)
+        logger.info("Wrote %s", path)
+    return results
+
+
+def deployed_model(model):
+    """The part of ``model`` that is deployed: ``model.deployed_model()`` where the model defines
+    it (a distiller returns its student; training-only adapters are left out), else ``model``."""
+    model = getattr(model, "module", model)  # (Distributed)DataParallel
+    return model.deployed_model() if hasattr(model, "deployed_model") else model
+
+
+def speed_accuracy_record(cfg, model, results, config_file=""):
+    """One model's accuracy and speed as a JSON-ready dict (the schema of
+    :mod:`kdreid.benchmark`)."""
+    tests = list(cfg.DATASETS.TESTS)
+    per_dataset = results if len(tests) > 1 else {tests[0]: results}
+    metrics = {
+        name: {k: float(v) for k, v in res.items() if isinstance(v, int | float)}
+        for name, res in per_dataset.items()
+    }
+    name = cfg.KDREID.NAME or os.path.splitext(os.path.basename(config_file or "model"))[0]
+    record = {
+        "name": name,
+        "kind": "deep",
+        "config": config_file or None,
+        "weights": cfg.MODEL.WEIGHTS or None,
+        "dataset": tests[0],
+    }
+    record.update(
+        profile_model(
+            model,
+            input_size=tuple(cfg.INPUT.SIZE_TEST),
+            device=cfg.MODEL.DEVICE,
+            batch_size=cfg.TEST.IMS_PER_BATCH,
+        )
+    )
+    record["metrics"] = metrics[tests[0]]
+    if len(tests) > 1:
+        record["metrics_by_dataset"] = metrics
+    return record
 
 
 def user_message(exc):

@@ -15,6 +15,7 @@ from fastreid.utils import comm
 from tqdm import tqdm
 
 from kdreid.engine.checkpoint import AtomicCheckpointer
+from kdreid.engine.hooks import DistillationWarmup
 from kdreid.errors import ConfigError
 from kdreid.evaluation import ReidEvaluator
 
@@ -91,6 +92,9 @@ class Trainer(DefaultTrainer):
         for hook in ret:
             if isinstance(hook, hooks.PeriodicWriter):
                 hook._period = self.cfg.KDREID.LOG_PERIOD
+        warmup = self.cfg.KDREID.DISTILL.WARMUP_ITERS
+        if warmup > 0 and hasattr(getattr(self.model, "module", self.model), "kd_scale"):
+            ret.insert(0, DistillationWarmup(self.model, warmup))
         return ret
 
     def resume_or_load(self, resume=True):
