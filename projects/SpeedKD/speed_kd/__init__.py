@@ -1,10 +1,16 @@
-"""SpeedKD (Ruiz et al., 2020: the speed/accuracy trade-off moved by distillation).
+"""SpeedKD (Ruiz et al., 2020): the speed/accuracy trade-off of person ReID, moved by distillation.
 
-The project's models, losses and config keys arrive with the SpeedKD issue; for now the package only
-declares its config node, and its ``train_net.py`` already trains any FastReID config.
+Importing the package registers (imports marked "registration" exist for that):
+- ``build_speedkd_mobilenetv1_backbone``: MobileNet v1 at width multipliers 1.0/0.75/0.5/0.25;
+- ``SpeedKDDistiller``: Hinton distillation of a frozen teacher into a student;
+- the ``MODEL.SPEEDKD`` config keys (also applied by :func:`kdreid.config.get_cfg`).
+
+LOMO + XQDA, the classical baseline, is in :mod:`speed_kd.lomo` and :mod:`speed_kd.xqda`.
 """
 
 import kdreid  # noqa: F401  (repairs fastreid before anything imports it)
+from speed_kd import mobilenet_v1  # noqa: F401  (registration: the MobileNet v1 backbone)
 from speed_kd.config import add_speed_kd_config
+from speed_kd.distiller import SpeedKDDistiller
 
-__all__ = ["add_speed_kd_config"]
+__all__ = ["SpeedKDDistiller", "add_speed_kd_config"]

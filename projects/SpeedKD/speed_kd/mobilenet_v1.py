@@ -1,0 +1,273 @@
+"""MobileNet v1 backbone for person ReID, registered in FastReID's ``BACKBONE_REGISTRY``.
+
+FastReID ships MobileNet v2 and v3 but not v1, the student family of SpeedKD. The network is the
+paper's feature extractor (its Table 1 without the average pool and the classifier): a 3×3 stride-2
+convolution and 13 depthwise-separable blocks, each convolution followed by BN and ReLU. The width
+multiplier α thins every layer to ``int(α·C)`` channels, so the output has ``int(1024·α)``
+channels: ``MODEL.BACKBONE.FEAT_DIM`` must be 1024, 768, 512 or 256 for α = 1.0, 0.75, 0.5, 0.25.
+
+As FastReID's ResNet does for ReID, ``MODEL.BACKBONE.LAST_STRIDE 1`` removes the last
+downsampling (block 12), doubling the final map's height and width (total stride 16 instead of 32).
+
+Reference:
+    Howard et al., "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision
+    Applications", arXiv 1704.04861, 2017.
+"""
+
+import logging
+import math
+import os
+from collections import OrderedDict
+
+import torch
+from fastreid.layers import get_norm
+from fastreid.modeling.backbones.build import BACKBONE_REGISTRY
+from torch import nn
+
+from kdreid.errors import ConfigError, WeightsError
+
+__all__ = [
+    "WIDTH_MULTIPLIERS",
+    "BLOCKS",
+    "MobileNetV1",
+    "build_speedkd_mobilenetv1_backbone",
+    "load_pretrained",
+]
+
+logger = logging.getLogger(__name__)
+
+# MODEL.BACKBONE.DEPTH -> width multiplier α (FastReID's MobileNetV2 spelling).
+WIDTH_MULTIPLIERS = {"1.0x": 1.0, "0.75x": 0.75, "0.5x": 0.5, "0.25x": 0.25}
+
+# (output channels at α = 1, stride) of the 13 depthwise-separable blocks (the paper's Table 1).
+BLOCKS = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
+STEM_CHANNELS = 32
+
+# Keys of an ImageNet classifier that a backbone checkpoint may carry; they are not the backbone's.
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+
+
+class ConvBNReLU(nn.Sequential):
+    """A bias-free convolution, a normalisation layer and a ReLU.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: 3 (padding 1) or 1 (no padding).
+        stride: the convolution's stride.
+        groups: ``in_channels`` for a depthwise convolution, else 1.
+        bn_norm: a :func:`fastreid.layers.get_norm` name ("BN", "syncBN", ...).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bn_norm: str = "BN",
+    ):
+        conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        )
+        layers = [("conv", conv), ("bn", get_norm(bn_norm, out_channels))]
+        super().__init__(OrderedDict([*layers, ("relu", nn.ReLU(inplace=True))]))
+
+
+class DepthwiseSeparable(nn.Module):
+    """A 3×3 depthwise convolution (carrying the stride), then a 1×1 pointwise one.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        stride: 1 or 2, applied by the depthwise convolution.
+        bn_norm: the normalisation layer's name.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, bn_norm: str):
+        super().__init__()
+        self.depthwise = ConvBNReLU(
+            in_channels,
+            in_channels,
+            kernel_size=3,
+            stride=stride,
+            groups=in_channels,
+            bn_norm=bn_norm,
+        )
+        self.pointwise = ConvBNReLU(in_channels, out_channels, kernel_size=1, bn_norm=bn_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map N×C_in×H×W to N×C_out×(H/s)×(W/s) (rounded up, s the stride)."""
+        return self.pointwise(self.depthwise(x))
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1 without its pooling and classifier: images in, a feature map out.
+
+    Args:
+        width_mult: the width multiplier α; every layer has ``int(α·C)`` channels.
+        bn_norm: the normalisation layer's name (see :func:`fastreid.layers.get_norm`).
+        last_stride: stride of the last downsampling block (block 12), 1 or 2.
+
+    Attributes:
+        out_channels: channels of the output map, ``int(1024·α)``.
+    """
+
+    def __init__(self, *, width_mult: float = 1.0, bn_norm: str = "BN", last_stride: int = 2):
+        super().__init__()
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+        channels = int(STEM_CHANNELS * width_mult)
+        self.stem = ConvBNReLU(3, channels, kernel_size=3, stride=2, bn_norm=bn_norm)
+        last_downsampling = max(i for i, (_, stride) in enumerate(BLOCKS) if stride == 2)
+        blocks = []
+        for i, (base_channels, stride) in enumerate(BLOCKS):
+            out_channels = int(base_channels * width_mult)
+            stride = last_stride if i == last_downsampling else stride
+            blocks.append(
+                DepthwiseSeparable(channels, out_channels, stride=stride, bn_norm=bn_norm)
+            )
+            channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.out_channels = channels
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # He initialisation over the fan-out (kernel area times output channels per group).
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Extract the feature map.
+
+        Args:
+            x: normalised images, N×3×H×W.
+
+        Returns:
+            N×int(1024·α)×⌈H/32⌉×⌈W/32⌉ (⌈H/16⌉×⌈W/16⌉ with ``last_stride=1``).
+        """
+        return self.blocks(self.stem(x))
+
+
+def load_pretrained(model: nn.Module, path: str) -> None:
+    """Load ImageNet weights into ``model``, insisting that every key fits.
+
+    The file holds a state dict with this module's key names, bare or under ``"state_dict"`` or
+    ``"model"``; a ``module.`` prefix (DataParallel) is stripped and an ImageNet classifier
+    (keys under ``fc.`` or ``classifier.``) is ignored. Loaded with ``weights_only=True``.
+
+    Args:
+        model: the backbone to fill.
+        path: the weights file (``MODEL.BACKBONE.PRETRAIN_PATH``).
+
+    Raises:
+        WeightsError: the file is missing or unreadable, or keys are missing, unexpected or of
+            another shape (all are listed).
+    """
+    if not path or not os.path.isfile(path):
+        raise WeightsError(
+            f"MODEL.BACKBONE.PRETRAIN is on but MODEL.BACKBONE.PRETRAIN_PATH '{path}' is not a "
+            "file: pass the ImageNet weights' path, or MODEL.BACKBONE.PRETRAIN False."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"Cannot read the pretrained weights '{path}': {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(f"'{path}' holds no state dict (a dict of tensors).")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    problems = [
+        f"  {title} ({len(keys)}): {', '.join(keys)}"
+        for title, keys in (
+            ("missing in the file", missing),
+            ("not in the model", unexpected),
+            ("different shapes", shapes),
+        )
+        if keys
+    ]
+    if problems:
+        raise WeightsError(
+            f"Pretrained weights '{path}' do not fit {type(model).__name__}:\n"
+            + "\n".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
+    logger.info("Loaded pretrained weights from %s", path)
+
+
+@BACKBONE_REGISTRY.register()
+def build_speedkd_mobilenetv1_backbone(cfg) -> MobileNetV1:
+    """Build :class:`MobileNetV1` from ``cfg.MODEL.BACKBONE``.
+
+    Reads ``DEPTH`` (the width multiplier, "1.0x", "0.75x", "0.5x" or "0.25x"), ``NORM``,
+    ``LAST_STRIDE``, and ``PRETRAIN`` / ``PRETRAIN_PATH`` (ImageNet weights, see
+    :func:`load_pretrained`). ``FEAT_DIM`` must equal the output channels, ``int(1024·α)``.
+
+    Raises:
+        ConfigError: an unknown ``DEPTH``, a ``LAST_STRIDE`` other than 1 or 2, or a
+            ``FEAT_DIM`` other than the output channels.
+        WeightsError: the pretrained weights are missing or do not fit.
+    """
+    depth = cfg.MODEL.BACKBONE.DEPTH
+    if depth not in WIDTH_MULTIPLIERS:
+        raise ConfigError(
+            f"MODEL.BACKBONE.DEPTH '{depth}' is not a MobileNet v1 width; use one of "
+            f"{', '.join(WIDTH_MULTIPLIERS)}."
+        )
+    last_stride = cfg.MODEL.BACKBONE.LAST_STRIDE
+    if last_stride not in (1, 2):
+        raise ConfigError(f"MODEL.BACKBONE.LAST_STRIDE must be 1 or 2, got {last_stride}.")
+    model = MobileNetV1(
+        width_mult=WIDTH_MULTIPLIERS[depth],
+        bn_norm=cfg.MODEL.BACKBONE.NORM,
+        last_stride=last_stride,
+    )
+    if cfg.MODEL.BACKBONE.FEAT_DIM != model.out_channels:
+        raise ConfigError(
+            f"MODEL.BACKBONE.FEAT_DIM is {cfg.MODEL.BACKBONE.FEAT_DIM} but MobileNet v1 {depth} "
+            f"outputs {model.out_channels} channels: set MODEL.BACKBONE.FEAT_DIM "
+            f"{model.out_channels}."
+        )
+    if cfg.MODEL.BACKBONE.PRETRAIN:
+        load_pretrained(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH)
+    return model

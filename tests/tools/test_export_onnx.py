@@ -1,0 +1,149 @@
+"""tools/export_onnx.py: the ONNX graph reproduces PyTorch's features, at any batch size."""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastreid.modeling import build_model
+
+from kdreid.errors import WeightsError
+from tests.conftest import REPO
+
+TOOL = os.path.join(REPO, "tools", "export_onnx.py")
+TINY = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
+MOBILENET = [
+    "MODEL.BACKBONE.NAME",
+    "build_speedkd_mobilenetv1_backbone",
+    "MODEL.BACKBONE.DEPTH",
+    "0.25x",
+    "MODEL.BACKBONE.FEAT_DIM",
+    "256",
+]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("export_onnx", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = _load_tool()
+
+
+def save_checkpoint(path, opts=(), seed=0):
+    """A FastReID-style checkpoint ({"model": state dict}) of a model as trained on 10 identities
+    (its classifier is not part of the exported graph)."""
+    cfg = tool.build_cfg(TINY, list(opts))
+    cfg.defrost()
+    cfg.MODEL.HEADS.NUM_CLASSES = 10
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    with torch.no_grad():  # non-trivial BN statistics, as after training
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def resnet_export(tmp_path_factory):
+    """The tiny ResNet-18 config exported once: (config, path, check figures)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    weights = save_checkpoint(folder / "model_final.pth")
+    cfg = tool.build_cfg(TINY, ["MODEL.WEIGHTS", weights])
+    output = str(folder / "model.onnx")
+    result = tool.export(cfg, output, batch_size=3, latency_runs=2)
+    return cfg, output, result
+
+
+def test_export_reports_a_passing_check(resnet_export):
+    cfg, output, result = resnet_export
+    assert os.path.isfile(output)
+    assert result["input_shape"] == [3, 3, 64, 32]
+    assert result["feature_dim"] == cfg.MODEL.BACKBONE.FEAT_DIM == 512
+    assert result["relative_diff"] <= tool.DEFAULT_TOLERANCE
+    assert result["min_cosine"] > 0.9999
+    assert result["torch_ms"] > 0 and result["onnxruntime_ms"] > 0
+    assert not [f for f in os.listdir(os.path.dirname(output)) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_onnx_matches_pytorch_at_any_batch_size(resnet_export, batch_size):
+    cfg, output, _ = resnet_export
+    session = tool.ort_session(output)
+    images = tool.random_images(batch_size, (64, 32), seed=batch_size + 10)
+    figures = tool.compare(session, tool.build_deployable(cfg), images, tool.DEFAULT_TOLERANCE)
+    assert figures["relative_diff"] <= tool.DEFAULT_TOLERANCE
+
+
+def test_another_model_does_not_match(resnet_export, tmp_path):
+    """The check can fail: the same architecture with other weights is far beyond tolerance."""
+    cfg, output, _ = resnet_export
+    other = cfg.clone()
+    other.defrost()
+    other.MODEL.WEIGHTS = save_checkpoint(tmp_path / "other.pth", seed=1)
+    images = tool.random_images(2, (64, 32))
+    with pytest.raises(tool.ExportMismatchError, match="differ from PyTorch's at batch 2"):
+        tool.compare(tool.ort_session(output), tool.build_deployable(other), images, 1e-4)
+
+
+def test_mobilenet_v1_exports_through_the_command_line(tmp_path, capsys):
+    weights = save_checkpoint(tmp_path / "mobilenet.pth", MOBILENET)
+    output = tmp_path / "out" / "mobilenet.onnx"
+    argv = ["--config-file", TINY, "--output", str(output), "--batch-size", "2"]
+    result = tool.run(
+        tool.parse_args([*argv, "--latency-runs", "2", *MOBILENET, "MODEL.WEIGHTS", weights])
+    )
+    printed = capsys.readouterr().out
+    assert "max abs diff" in printed and "onnxruntime" in printed
+    assert result["feature_dim"] == 256
+    features = tool.ort_session(str(output)).run(
+        None, {"images": tool.random_images(5, (64, 32)).numpy()}
+    )
+    assert features[0].shape == (5, 256)
+
+
+def test_weights_that_do_not_fit_are_an_error(tmp_path):
+    weights = save_checkpoint(tmp_path / "mobilenet.pth", MOBILENET)
+    cfg = tool.build_cfg(TINY, ["MODEL.WEIGHTS", weights])  # a ResNet-18 config
+    with pytest.raises(WeightsError, match="do not fit"):
+        tool.export(cfg, str(tmp_path / "model.onnx"), latency_runs=0)
+    assert os.listdir(tmp_path) == ["mobilenet.pth"]
+
+
+def test_failed_check_exits_1_and_writes_nothing(resnet_export, tmp_path, monkeypatch, capsys):
+    """An ONNX file of other weights (the seed-0 export standing in for a broken exporter) fails
+    the check: status 1, a message with the figures, and neither the file nor a temporary left."""
+    _, exported, _ = resnet_export
+    monkeypatch.setattr(tool, "write_onnx", lambda model, path, *args: shutil.copy(exported, path))
+    weights = save_checkpoint(tmp_path / "other.pth", seed=1)
+    output = tmp_path / "model.onnx"
+    argv = ["--config-file", TINY, "--output", str(output), "MODEL.WEIGHTS", weights]
+    with pytest.raises(SystemExit) as info:
+        tool.main(argv)
+    assert info.value.code == 1
+    assert "does not match PyTorch, not written" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["other.pth"]
+
+
+def test_missing_weights_is_one_line_error(tmp_path):
+    output = tmp_path / "model.onnx"
+    proc = subprocess.run(
+        [sys.executable, TOOL, "--config-file", TINY, "--output", str(output)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: No weights to export: pass the checkpoint as MODEL.WEIGHTS "
+        "path/to/model_final.pth."
+    ]
+    assert not output.exists()

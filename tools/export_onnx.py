@@ -1,0 +1,313 @@
+"""Export a trained ReID model to ONNX, and check the export against PyTorch with onnxruntime.
+
+    python tools/export_onnx.py --config-file CFG --output model.onnx [--batch-size N] \
+        [--opset K] [--tolerance T] MODEL.WEIGHTS path/to/model_final.pth [KEY VALUE ...]
+
+The graph takes raw RGB images as FastReID's loader gives them (float32, 0-255, N×3×H×W with
+H×W = ``INPUT.SIZE_TEST``; the model's pixel normalisation is inside the graph) and returns the
+model's evaluation output, the retrieval feature (N×D). The batch axis is dynamic. A distiller
+is exported as its deployed student; teachers are training-only and are not built.
+
+The exported file is kept only if onnxruntime (CPU) reproduces PyTorch's features on a random
+batch: largest absolute difference at most ``tolerance`` times the largest feature magnitude.
+The figures and the batch-1 CPU latency of both runtimes are printed.
+
+Exporter: torch's ``torch.export``-based exporter (``dynamo=True``, torch's default since 2.9;
+the TorchScript one is deprecated), which needs ``onnxscript``.
+"""
+
+import argparse
+import importlib
+import logging
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from kdreid.config import get_cfg, merge_from_file, merge_from_list
+from kdreid.engine import load_weights_strict
+from kdreid.engine.defaults import report_user_errors
+from kdreid.errors import ConfigError, WeightsError
+
+# Imported for registration of the projects' models; a project that is not installed is skipped.
+for _project in ("speed_kd", "mdpr", "factorized_kd"):
+    try:
+        importlib.import_module(_project)
+    except ModuleNotFoundError as exc:
+        if exc.name != _project:
+            raise
+
+from fastreid.modeling import build_model  # noqa: E402  (after kdreid has repaired fastreid)
+
+__all__ = ["ExportMismatchError", "ImagesToFeatures", "build_cfg", "build_deployable", "export"]
+
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "images", "features"
+
+
+class ExportMismatchError(RuntimeError):
+    """onnxruntime's output differs from PyTorch's beyond the tolerance."""
+
+
+class ImagesToFeatures(nn.Module):
+    """An evaluation-mode model seen as a function from raw images to retrieval features.
+
+    FastReID's ``Baseline`` normalises its input in place; the wrapper hands it a copy so that the
+    caller's tensor is left as it was.
+
+    Args:
+        model: a FastReID meta-architecture whose eval-mode forward returns the features.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def train(self, mode: bool = True) -> "ImagesToFeatures":
+        return super().train(False)  # always an inference graph
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Map raw images to retrieval features.
+
+        Args:
+            images: N×3×H×W float RGB in [0, 255], H×W as ``INPUT.SIZE_TEST``.
+
+        Returns:
+            N×D features, the model's evaluation output.
+        """
+        return self.model(images.clone())
+
+
+def build_cfg(config_file: str, opts: list[str]):
+    """The config of ``config_file`` plus ``KEY VALUE`` options, for inference on the CPU."""
+    cfg = get_cfg()
+    merge_from_file(cfg, config_file)
+    merge_from_list(cfg, opts)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.PRETRAIN = False  # the checkpoint holds every weight
+    if cfg.KD.MODEL_CONFIG:  # FastReID's distiller: teachers are training-only
+        cfg.KD.MODEL_CONFIG = []
+        cfg.KD.MODEL_WEIGHTS = []
+    cfg.freeze()
+    return cfg
+
+
+def build_deployable(cfg) -> ImagesToFeatures:
+    """Build the model ``cfg`` describes, load ``MODEL.WEIGHTS`` strictly, wrap it for export.
+
+    Raises:
+        WeightsError: no weights given, or weights that do not fit the model.
+    """
+    if not cfg.MODEL.WEIGHTS:
+        raise WeightsError(
+            "No weights to export: pass the checkpoint as MODEL.WEIGHTS path/to/model_final.pth."
+        )
+    model = build_model(cfg)
+    load_weights_strict(model, cfg.MODEL.WEIGHTS)
+    if hasattr(model, "deployed_model"):  # a distiller deploys its student
+        model = model.deployed_model()
+    return ImagesToFeatures(model)
+
+
+def random_images(batch_size: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """A reproducible batch of uniform random images, batch_size×3×H×W in [0, 255]."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch_size, 3, *size, generator=generator) * 255
+
+
+def write_onnx(model: ImagesToFeatures, path: str, size: tuple[int, int], opset: int) -> None:
+    """Export ``model`` to one self-contained ONNX file with a dynamic batch axis."""
+    # An example batch of 2: torch.export specialises a dimension of size 1 to a constant.
+    example = random_images(2, size)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        model,
+        (example,),
+        path,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        dynamic_shapes={"images": {0: batch}},
+        external_data=False,
+        verbose=False,
+    )
+
+
+def ort_session(path: str):
+    """An onnxruntime CPU session with as many threads as torch uses (a like-for-like timing)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    # Idle threads would otherwise spin after each run, stealing cores from PyTorch's timing.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def compare(session, model: ImagesToFeatures, images: torch.Tensor, tolerance: float) -> dict:
+    """Run both runtimes on ``images`` (N×3×H×W) and compare their N×D outputs.
+
+    Returns:
+        ``max_abs_diff``, ``relative_diff`` (max abs diff / max |PyTorch feature|) and
+        ``min_cosine`` (the lowest per-image cosine similarity).
+
+    Raises:
+        ExportMismatchError: ``relative_diff`` exceeds ``tolerance`` or the shapes differ.
+    """
+    with torch.inference_mode():
+        expected = model(images).numpy()
+    actual = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    if actual.shape != expected.shape:
+        raise ExportMismatchError(
+            f"onnxruntime returned shape {actual.shape}, PyTorch {expected.shape}, "
+            f"for input {tuple(images.shape)}"
+        )
+    max_abs_diff = float(np.abs(actual - expected).max())
+    relative_diff = max_abs_diff / max(float(np.abs(expected).max()), 1e-12)
+    norms = np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
+    min_cosine = float(((actual * expected).sum(axis=1) / np.maximum(norms, 1e-12)).min())
+    figures = {
+        "max_abs_diff": max_abs_diff,
+        "relative_diff": relative_diff,
+        "min_cosine": min_cosine,
+    }
+    if not relative_diff <= tolerance:
+        raise ExportMismatchError(
+            f"onnxruntime's features differ from PyTorch's at batch {images.shape[0]}: max abs "
+            f"diff {max_abs_diff:.3g} = {relative_diff:.3g} relative (tolerance {tolerance:g}), "
+            f"min cosine {min_cosine:.6f}"
+        )
+    return figures
+
+
+def median_latency_ms(fn, runs: int, warmup: int = 3) -> float:
+    """Median wall-clock time of ``fn()`` over ``runs`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def export(
+    cfg,
+    output: str,
+    *,
+    batch_size: int = 4,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    latency_runs: int = 20,
+) -> dict:
+    """Export the model of ``cfg`` (weights from ``MODEL.WEIGHTS``) to ``output`` and check it.
+
+    The file is written next to ``output`` and moved there only once the check has passed.
+
+    Args:
+        cfg: a config from :func:`build_cfg`.
+        output: the ONNX file to write.
+        batch_size: images in the random batch the runtimes are compared on.
+        opset: the ONNX opset.
+        tolerance: the largest accepted max abs difference relative to the largest feature.
+        latency_runs: timed batch-1 runs per runtime (0: no timing).
+
+    Returns:
+        The check's figures (see :func:`compare`) with ``output``, ``input_shape`` (with
+        ``batch_size``), ``feature_dim``, ``opset`` and ``torch_ms`` / ``onnxruntime_ms``
+        (median batch-1 latency on the CPU, absent when ``latency_runs`` is 0).
+
+    Raises:
+        WeightsError: missing or unfitting weights.
+        ConfigError: a batch size below 1.
+        ExportMismatchError: onnxruntime does not reproduce PyTorch's output.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
+    size = tuple(cfg.INPUT.SIZE_TEST)
+    model = build_deployable(cfg)
+    folder = os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(output)}.{os.getpid()}.tmp")
+    try:
+        write_onnx(model, tmp, size, opset)
+        session = ort_session(tmp)
+        images = random_images(batch_size, size, seed=1)
+        result = compare(session, model, images, tolerance)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    result.update(
+        output=output,
+        input_shape=list(images.shape),
+        feature_dim=int(session.get_outputs()[0].shape[-1]),
+        opset=opset,
+    )
+    if latency_runs > 0:
+        single = random_images(1, size, seed=2)
+        with torch.inference_mode():
+            result["torch_ms"] = median_latency_ms(lambda: model(single), latency_runs)
+        feed = {INPUT_NAME: single.numpy()}
+        result["onnxruntime_ms"] = median_latency_ms(lambda: session.run(None, feed), latency_runs)
+    return result
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--output", required=True, help="the ONNX file to write")
+    parser.add_argument("--batch-size", type=int, default=4, help="images in the check batch")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--latency-runs", type=int, default=20, help="timed batch-1 runs")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def run(args) -> dict:
+    cfg = build_cfg(args.config_file, args.opts)
+    result = export(
+        cfg,
+        args.output,
+        batch_size=args.batch_size,
+        opset=args.opset,
+        tolerance=args.tolerance,
+        latency_runs=args.latency_runs,
+    )
+    print(
+        f"wrote {result['output']}: {INPUT_NAME} [N, 3, {', '.join(map(str, cfg.INPUT.SIZE_TEST))}]"
+        f" float 0-255 -> {OUTPUT_NAME} [N, {result['feature_dim']}], opset {result['opset']}\n"
+        f"check at batch {result['input_shape'][0]} (onnxruntime CPU vs PyTorch): max abs diff "
+        f"{result['max_abs_diff']:.3g}, relative {result['relative_diff']:.3g}, "
+        f"min cosine {result['min_cosine']:.8f}"
+    )
+    if "torch_ms" in result:
+        print(
+            f"CPU latency at batch 1 (median, {torch.get_num_threads()} threads): PyTorch "
+            f"{result['torch_ms']:.2f} ms, onnxruntime {result['onnxruntime_ms']:.2f} ms "
+            f"({result['torch_ms'] / result['onnxruntime_ms']:.2f}x)"
+        )
+    return result
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        report_user_errors(run, args)
+    except ExportMismatchError as exc:
+        print(f"error: the ONNX export does not match PyTorch, not written: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
