@@ -1,0 +1,140 @@
+"""SpeedKD: registration, Hinton's loss via MODEL.SPEEDKD, training from train_net, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastreid.modeling import build_model
+from fastreid.modeling.backbones import BACKBONE_REGISTRY
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from fastreid.utils.events import EventStorage
+
+import speed_kd
+from kdreid.config import get_cfg, merge_from_file, resolve_device
+from kdreid.distill import kd_kl_loss
+from kdreid.errors import ConfigError
+
+from ...conftest import REPO
+
+TINY_KD = os.path.join(REPO, "configs", "SpeedKD", "Synthetic", "tiny_kd.yml")
+TRAIN_NET = os.path.join(REPO, "projects", "SpeedKD", "train_net.py")
+
+
+def test_importing_the_package_registers_its_models():
+    assert BACKBONE_REGISTRY.get("build_speedkd_mobilenetv1_backbone")
+    assert META_ARCH_REGISTRY.get("SpeedKDDistiller") is speed_kd.SpeedKDDistiller
+    assert {"TEMPERATURE", "LAMBDA", "HINT_WEIGHT"} <= set(get_cfg().MODEL.SPEEDKD)
+
+
+def _cfg(tiny_teacher, **speedkd):
+    cfg = get_cfg()
+    merge_from_file(cfg, TINY_KD)
+    state = torch.load(tiny_teacher[1], weights_only=True)["model"]
+    cfg.MODEL.HEADS.NUM_CLASSES = state["heads.weight"].shape[0]
+    cfg.KD.MODEL_CONFIG = [tiny_teacher[0]]
+    cfg.KD.MODEL_WEIGHTS = [tiny_teacher[1]]
+    for key, value in speedkd.items():
+        cfg.MODEL.SPEEDKD[key] = value
+    resolve_device(cfg)
+    return cfg
+
+
+def test_hinton_loss(tiny_teacher):
+    """L = (1 - lambda) CE + lambda T^2 KL(p_t || p_s) + triplet: with lambda = 0.3 and T = 2,
+    loss_cls is 0.7 times the plain CE and loss_kd_logits 0.3 times kd_kl_loss at T = 2."""
+    torch.manual_seed(0)
+    model = build_model(_cfg(tiny_teacher, LAMBDA=0.3, TEMPERATURE=2.0)).train()
+    assert (model.ce_weight, model.logit_weight, model.temperature) == pytest.approx((0.7, 0.3, 2))
+    assert len(model.distill) == 0  # no hint by default
+    images = torch.rand(8, 3, 64, 32) * 255
+    targets = torch.arange(4).repeat_interleave(2)
+    with EventStorage():
+        losses = model({"images": images.clone(), "targets": targets})
+        student = model.student
+        x = (images - student.pixel_mean) / student.pixel_std
+        outputs = student.heads(student.backbone(x), targets)
+        plain = student.losses(outputs, targets)
+    t_logits = model.teachers[0](images).logits
+    torch.testing.assert_close(losses["loss_cls"], 0.7 * plain["loss_cls"])
+    torch.testing.assert_close(
+        losses["loss_kd_logits"], 0.3 * kd_kl_loss(outputs["pred_class_logits"], t_logits, 2.0)
+    )
+
+
+def test_hint_term(tiny_teacher):
+    model = build_model(_cfg(tiny_teacher, HINT_WEIGHT=0.5)).train()
+    assert model.feature_loss == "l2" and model.feature_weight == 0.5
+    proj = model.distill["feature_proj"][0]
+    assert (proj.in_features, proj.out_features) == (256, 512)  # MobileNet 0.25x -> ResNet-18
+    with EventStorage():
+        losses = model({"images": torch.rand(8, 3, 64, 32) * 255, "targets": torch.arange(8) % 4})
+    assert losses["loss_kd_feature"] > 0
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("TEMPERATURE", 0.0, "MODEL.SPEEDKD.TEMPERATURE must be > 0, got 0.0"),
+        ("TEMPERATURE", -1.0, "MODEL.SPEEDKD.TEMPERATURE must be > 0"),
+        ("LAMBDA", 1.5, r"MODEL.SPEEDKD.LAMBDA must be in \[0, 1\]"),
+        ("HINT_WEIGHT", -0.1, "MODEL.SPEEDKD.HINT_WEIGHT must be >= 0"),
+    ],
+)
+def test_bad_values(tiny_teacher, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(_cfg(tiny_teacher, **{key: value}))
+
+
+def _run(*argv, datasets_root):
+    env = dict(os.environ, FASTREID_DATASETS=str(datasets_root))
+    return subprocess.run(
+        [sys.executable, TRAIN_NET, *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_train_net_distils_and_benchmarks(tiny_teacher, datasets_root, tmp_path):
+    """train_net trains the KD student from the teacher's checkpoint; --eval-only on the result
+    with the plain student's config prints and writes accuracy and speed."""
+    out = tmp_path / "kd"
+    proc = _run(
+        "--config-file", TINY_KD, "KD.MODEL_WEIGHTS", f"('{tiny_teacher[1]}',)",
+        "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1",
+        "KDREID.PROGRESS", "False", datasets_root=datasets_root,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loss_kd_logits" in proc.stderr + proc.stdout
+    student = os.path.join(REPO, "configs", "SpeedKD", "Synthetic", "tiny_student.yml")
+    proc = _run(
+        "--config-file", student, "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
+        "OUTPUT_DIR", str(tmp_path / "eval"), "KDREID.PROGRESS", "False",
+        datasets_root=datasets_root,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "multiply-adds" in proc.stderr + proc.stdout
+    with open(tmp_path / "eval" / "speed_accuracy.json") as f:
+        record = json.load(f)
+    assert record["name"] == "tiny_student" and record["params"] < 300_000
+
+
+def test_teacher_of_another_label_space_is_one_line(tiny_teacher, datasets_root, tmp_path):
+    proc = _run(
+        "--config-file", TINY_KD, "KD.MODEL_WEIGHTS", f"('{tiny_teacher[1]}',)",
+        "MODEL.HEADS.NUM_CLASSES", "7", "OUTPUT_DIR", str(tmp_path), datasets_root=datasets_root,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Teacher") and "same label space" in last
+
+
+def test_teacher_without_weights_is_one_line(datasets_root, tmp_path):
+    proc = _run("--config-file", TINY_KD, "OUTPUT_DIR", str(tmp_path), datasets_root=datasets_root)
+    assert proc.returncode == 2
+    assert "has no weights" in proc.stderr.strip().splitlines()[-1]
