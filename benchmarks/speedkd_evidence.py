@@ -1,0 +1,130 @@
+"""Does distillation work? SpeedKD students trained alone and with KD, same schedule, several seeds.
+
+    python benchmarks/speedkd_evidence.py [--seeds 0 1 2] [--student mobilenetv1_0.5x]
+        [--extra-students mobilenetv1_0.25x ...] [--teacher-weights PATH] [--output-dir DIR]
+        [KEY VALUE ...]
+
+On SynthReID-small, on this machine's device: trains the ResNet-18 teacher
+(configs/Synthetic/bagtricks_R18.yml, seed 0) unless its weights are given, then for every seed
+the student alone (configs/SpeedKD/Synthetic/<student>.yml) and the student distilled from the
+teacher (kd_<student>.yml) with the same schedule and seed; evaluates each with ``--eval-only``
+(accuracy and speed records), runs LOMO+XQDA, and writes
+
+- ``evidence.md``: per-seed mAP / Rank-1 of both students, mean ± standard deviation, and the
+  paired KD − plain differences;
+- ``tradeoff.md`` / ``tradeoff.png``: every model's accuracy against its latency.
+
+Runs that already finished are not repeated, so an interrupted benchmark continues where it
+stopped. Extra students run with the first seed only. ``KEY VALUE`` options apply to every
+student run (e.g. ``MODEL.SPEEDKD.TEMPERATURE 8``).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+
+from speed_kd.runs import REPO, run_logged, train_and_record
+from speed_kd.tradeoff import find_records, write_tradeoff
+
+TEACHER_CONFIG = "configs/Synthetic/bagtricks_R18.yml"
+TEACHER_NAME = "ResNet-18 (teacher)"
+STUDENTS = "configs/SpeedKD/Synthetic"
+
+
+def lomo_xqda(output_dir):
+    if not os.path.isfile(os.path.join(output_dir, "speed_accuracy.json")):
+        script = os.path.join(REPO, "projects", "SpeedKD", "lomo_xqda.py")
+        seconds = run_logged(
+            [sys.executable, script, "--dataset", "SynthReIDSmall", "--output-dir", output_dir],
+            os.path.join(output_dir, "run.out"),
+        )
+        print(f"  LOMO+XQDA: {seconds:.0f} s", flush=True)
+
+
+def _stats(values):
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def evidence_table(student, seeds, plain, kd, teacher):
+    """Markdown: per-seed metrics, mean ± std, paired differences, and the verdict."""
+    tm = teacher["metrics"]
+    lines = [
+        f"Student {student} on {teacher['dataset']}, teacher {teacher['name']} "
+        f"(mAP {tm['mAP']:.1f}, Rank-1 {tm['Rank-1']:.1f}); same schedule and seed for both.",
+        "",
+        "| seed | plain mAP | KD mAP | plain Rank-1 | KD Rank-1 | plain train (s) | KD train (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s, p, k in zip(seeds, plain, kd):
+        pm, km = p.record["metrics"], k.record["metrics"]
+        lines.append(
+            f"| {s} | {pm['mAP']:.1f} | {km['mAP']:.1f} | {pm['Rank-1']:.1f} | {km['Rank-1']:.1f} "
+            f"| {p.train_seconds or float('nan'):.0f} | {k.train_seconds or float('nan'):.0f} |"
+        )
+    summary = ["", "| metric | plain | KD | KD − plain (paired) |", "|---|---:|---:|---:|"]
+    verdicts = []
+    for metric in ("mAP", "Rank-1"):
+        p = [r.record["metrics"][metric] for r in plain]
+        k = [r.record["metrics"][metric] for r in kd]
+        (pm, ps), (km, ks), (dm, ds) = _stats(p), _stats(k), _stats([b - a for a, b in zip(p, k)])
+        summary.append(
+            f"| {metric} | {pm:.1f} ± {ps:.1f} | {km:.1f} ± {ks:.1f} | {dm:+.1f} ± {ds:.1f} |"
+        )
+        spread = max(ps, ks)
+        verdicts.append(
+            f"- {metric}: KD {'beats' if dm > spread else 'does NOT beat'} the plain student by "
+            f"more than the spread ({dm:+.1f} against a spread of {spread:.1f})."
+        )
+    footer = ["", f"mean ± standard deviation over {len(seeds)} seeds.", "", *verdicts]
+    return "\n".join(lines + summary + footer)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--student", default="mobilenetv1_0.5x")
+    parser.add_argument("--extra-students", nargs="*", default=[])
+    parser.add_argument("--teacher-weights", default="", help="skip training the teacher")
+    parser.add_argument("--output-dir", default="logs/speedkd_evidence")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every student run")
+    args = parser.parse_args(argv)
+    out = os.path.abspath(args.output_dir)
+    os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
+
+    print("Teacher", flush=True)
+    teacher_dir = os.path.join(out, "teacher_R18")
+    teacher = train_and_record(
+        TEACHER_NAME, TEACHER_CONFIG, teacher_dir, 0, weights=args.teacher_weights or None
+    )
+    teacher_weights = os.path.abspath(teacher.weights)
+    print("LOMO+XQDA", flush=True)
+    lomo_xqda(os.path.join(out, "lomo_xqda"))
+
+    kd_opts = ["KD.MODEL_WEIGHTS", f"('{teacher_weights}',)", *args.opts]
+    plain, kd = [], []
+    for student in [args.student, *args.extra_students]:
+        seeds = args.seeds if student == args.student else args.seeds[:1]
+        config = os.path.join(STUDENTS, f"{student}.yml")
+        kd_config = os.path.join(STUDENTS, f"kd_{student}.yml")
+        for seed in seeds:
+            print(f"Student {student}, seed {seed}: alone, then distilled", flush=True)
+            base = os.path.join(out, student, f"seed{seed}")
+            p = train_and_record(student, config, base + "_plain", seed, args.opts)
+            k = train_and_record(f"{student} +KD", kd_config, base + "_kd", seed, kd_opts)
+            if student == args.student:
+                plain.append(p)
+                kd.append(k)
+
+    text = evidence_table(args.student, args.seeds, plain, kd, teacher.record)
+    with open(os.path.join(out, "evidence.md"), "w") as f:
+        f.write(text + "\n")
+    print("\n" + text)
+    table = write_tradeoff(
+        find_records([out]), out, reference=TEACHER_NAME, title="SpeedKD on SynthReID-small"
+    )
+    print("\n" + table + f"\n\nWrote {out}/evidence.md, tradeoff.md, tradeoff.png")
+
+
+if __name__ == "__main__":
+    main()

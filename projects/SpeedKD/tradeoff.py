@@ -1,0 +1,33 @@
+"""Write the speed/accuracy trade-off table (markdown) and plot (PNG) from speed/accuracy records.
+
+    python projects/SpeedKD/tradeoff.py logs/speedkd --output-dir logs/speedkd [--reference NAME]
+
+Each argument is a ``speed_accuracy.json`` file or a folder searched recursively for them; they
+come from ``train_net.py --eval-only`` (deep models, with ``KDREID.NAME`` naming the row) and
+``projects/SpeedKD/lomo_xqda.py``. ``benchmarks/speedkd_evidence.py`` runs everything and calls
+this at the end.
+"""
+
+import argparse
+import sys
+
+from speed_kd.tradeoff import find_records, write_tradeoff
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("records", nargs="+", help="speed_accuracy.json files or folders")
+    parser.add_argument("--output-dir", default=".")
+    parser.add_argument("--reference", default=None, help="row the speed-up divides")
+    args = parser.parse_args(argv)
+    try:
+        records = find_records(args.records)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(write_tradeoff(records, args.output_dir, args.reference))
+    print(f"\nWrote {args.output_dir}/tradeoff.md and tradeoff.png")
+
+
+if __name__ == "__main__":
+    main()

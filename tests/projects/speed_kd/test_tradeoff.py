@@ -1,0 +1,75 @@
+"""The trade-off report: aggregation over seeds, the table, the plot, the command line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kdreid.benchmark import write_record
+from speed_kd.tradeoff import find_records, markdown_table, summarise, write_tradeoff
+
+from ...conftest import REPO
+
+
+def _record(name, mAP, r1, latency, kind="deep", macs=1e9):
+    return {
+        "name": name, "kind": kind, "config": None, "weights": None, "dataset": "SynthReIDSmall",
+        "device": "cpu", "device_name": "test CPU", "input_size": [128, 64], "params": 2_000_000,
+        "macs": macs, "latency_ms": latency, "throughput": 1000 / latency,
+        "throughput_batch": 128, "metrics": {"mAP": mAP, "Rank-1": r1},
+    }  # fmt: skip
+
+
+RECORDS = [
+    _record("teacher", 50.0, 45.0, 20.0),
+    _record("student", 30.0, 25.0, 4.0),
+    _record("student", 34.0, 27.0, 6.0),
+    _record("student +KD", 40.0, 35.0, 5.0),
+    _record("LOMO+XQDA", 10.0, 12.0, 40.0, kind="classical", macs=None),
+]
+
+
+def test_runs_of_one_model_are_aggregated():
+    """student: mAP mean (30 + 34) / 2 = 32, sample std |34 - 30| / sqrt(2) = 2.83; latency the
+    median of 4 and 6 = 5."""
+    rows = {r["name"]: r for r in summarise(RECORDS)}
+    assert rows["student"]["runs"] == 2
+    assert rows["student"]["mAP"] == pytest.approx(32.0)
+    assert rows["student"]["mAP_std"] == pytest.approx(2.8284, abs=1e-4)
+    assert rows["student"]["latency_ms"] == pytest.approx(5.0)
+    assert rows["teacher"]["mAP_std"] == 0.0
+
+
+def test_table_rows_slowest_first_with_speedups():
+    table = markdown_table(summarise(RECORDS), reference="teacher")
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    names = [line.split("|")[1].strip() for line in lines[1:]]
+    assert names == ["LOMO+XQDA", "teacher", "student", "student +KD"]
+    student = next(line for line in lines if line.startswith("| student |"))
+    assert "32.0 ± 2.8" in student and "| 4.0× |" in student  # 20 ms / 5 ms
+    lomo = next(line for line in lines if line.startswith("| LOMO+XQDA"))
+    assert "n/a" in lomo  # no multiply-adds for the classical pipeline
+    assert "test CPU" in table
+
+
+def test_files_and_command_line(tmp_path):
+    for i, record in enumerate(RECORDS):
+        write_record(tmp_path / "runs" / f"run{i}" / "speed_accuracy.json", record)
+    assert len(find_records([tmp_path / "runs"])) == len(RECORDS)
+    table = write_tradeoff(find_records([tmp_path / "runs"]), tmp_path / "out")
+    assert (tmp_path / "out" / "tradeoff.md").read_text().strip() == table
+    png = (tmp_path / "out" / "tradeoff.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+    script = os.path.join(REPO, "projects", "SpeedKD", "tradeoff.py")
+    proc = subprocess.run(
+        [sys.executable, script, str(tmp_path / "runs"), "--output-dir", str(tmp_path / "cli")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "student +KD" in proc.stdout and (tmp_path / "cli" / "tradeoff.png").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, script, str(empty)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "No speed_accuracy.json under" in proc.stderr
