@@ -182,6 +182,8 @@ class FrozenTeacher(nn.Module):
         cfg.MODEL.DEVICE = "cpu"
         model = build_model(cfg)
         fit_state_dict(model, state, f"'{weights}' (teacher '{config_file}')")
+        if cfg.KDREID.CHANNELS_LAST:
+            model.to(memory_format=torch.channels_last)
         teacher = cls(
             model,
             input_size=tuple(cfg.INPUT.SIZE_TEST),

@@ -101,6 +101,8 @@ def evaluate_only(cfg, trainer_cls=Trainer, config_file=""):
     cfg.freeze()
     model = trainer_cls.build_model(cfg)
     load_weights_strict(model, cfg.MODEL.WEIGHTS)
+    if cfg.KDREID.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
     results = trainer_cls.test(cfg, model)
     if cfg.KDREID.SPEED and comm.is_main_process():
         record = speed_accuracy_record(cfg, deployed_model(model), results, config_file)

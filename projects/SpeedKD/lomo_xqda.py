@@ -1,0 +1,222 @@
+"""LOMO + XQDA, the classical baseline of the speed/accuracy trade-off, on a FastReID dataset.
+
+    python projects/SpeedKD/lomo_xqda.py --dataset SynthReIDSmall [--root DIR] [--output-dir DIR]
+        [--device auto|cpu|cuda] [--batch-size N]
+
+Extracts LOMO from every image, fits XQDA on the training split, ranks the gallery for every query
+with the deep models' protocol and metrics (kdreid's ``evaluate_rank``), times the extraction and
+projection per image (batch 1 latency, large-batch throughput), and writes
+``OUTPUT_DIR/speed_accuracy.json``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import kdreid  # noqa: F401  (repairs fastreid and registers SynthReID before the registry is used)
+
+# isort: split
+from fastreid.data.datasets import DATASET_REGISTRY
+
+from kdreid.engine.defaults import report_user_errors
+from kdreid.errors import ConfigError, UnreadableImageError
+from kdreid.evaluation import evaluate_rank
+from speed_kd.lomo import LOMO
+from speed_kd.xqda import XQDA
+
+LATENCY_IMAGES = 20  # images timed one by one for the batch-1 latency
+REPEATS = 3  # timed runs of the throughput batch
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="SynthReIDSmall", help="a FastReID dataset name")
+    parser.add_argument(
+        "--root",
+        default=os.getenv("FASTREID_DATASETS", "datasets"),
+        help="datasets folder (default: $FASTREID_DATASETS or datasets/)",
+    )
+    parser.add_argument("--output-dir", default="logs/SpeedKD/lomo_xqda")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=64, help="extraction and throughput")
+    return parser.parse_args(argv)
+
+
+def read_images(paths: list[str]) -> torch.Tensor:
+    """(N, 3, H, W) uint8 RGB batch; images of another size than the first are resized to it."""
+    images = []
+    for path in paths:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise UnreadableImageError(f"Cannot read image '{path}'; expected a JPEG/PNG file.")
+        if images and image.shape != images[0].shape:
+            image = cv2.resize(image, images[0].shape[1::-1], interpolation=cv2.INTER_AREA)
+        images.append(image[:, :, ::-1])
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+def extract(extractor, paths, device, batch_size, desc) -> torch.Tensor:
+    """(len(paths), dim) float32 LOMO descriptors on the CPU, in batches with a progress bar."""
+    features = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):
+            batch = read_images(paths[start : start + batch_size]).to(device)
+            features.append(extractor(batch).cpu())
+    return torch.cat(features)
+
+
+def _seconds(fn, device) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_per_image(extractor, projection, images, device, batch_size) -> tuple[float, float]:
+    """Median batch-1 latency (ms) and throughput (images/s) of extraction + projection.
+
+    Args:
+        extractor: a :class:`LOMO`.
+        projection: (dim, r) float32 XQDA ``W`` on ``device``.
+        images: (N, 3, H, W) uint8 images on ``device``; repeated to fill ``batch_size``.
+        device: ``"cpu"`` or ``"cuda"``.
+        batch_size: the throughput batch.
+    """
+
+    def embed(x):
+        return extractor(x) @ projection
+
+    embed(images[:1])  # warm-up
+    latencies = [_seconds(lambda i=i: embed(images[i : i + 1]), device) for i in range(len(images))]
+    batch = images.repeat((batch_size + len(images) - 1) // len(images), 1, 1, 1)[:batch_size]
+    embed(batch)
+    batch_time = np.median([_seconds(lambda: embed(batch), device) for _ in range(REPEATS)])
+    return float(np.median(latencies) * 1000), float(batch_size / batch_time)
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU model as the OS names it."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_json(record: dict, path: str) -> None:
+    """Write ``record`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run(
+    dataset: str,
+    root: str = "datasets",
+    output_dir: str = "logs/SpeedKD/lomo_xqda",
+    device: str = "auto",
+    batch_size: int = 64,
+) -> dict:
+    """Fit and evaluate LOMO + XQDA on ``dataset``, time it, write and return the JSON record.
+
+    Raises:
+        ConfigError: unknown dataset or device, or a batch size below 1.
+        kdreid.errors.DatasetNotFoundError: the dataset's folder is not under ``root``.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but torch sees no GPU; use --device cpu or auto")
+    try:
+        dataset_cls = DATASET_REGISTRY.get(dataset)
+    except KeyError:
+        names = ", ".join(sorted(DATASET_REGISTRY._obj_map))  # FastReID's Registry lists no names
+        raise ConfigError(f"Unknown dataset {dataset!r}; registered datasets: {names}") from None
+    data = dataset_cls(root=root)
+    extractor = LOMO()
+
+    train_paths, train_pids, _ = zip(*data.train)
+    train = extract(extractor, list(train_paths), device, batch_size, "LOMO train")
+    xqda = XQDA().fit(train, np.asarray(train_pids))
+    del train
+    projection = torch.from_numpy(xqda.W).float().to(device)
+    splits = {}
+    for name, items in (("query", data.query), ("gallery", data.gallery)):
+        paths, pids, camids = zip(*items)
+        features = extract(extractor, list(paths), device, batch_size, f"LOMO {name}")
+        splits[name] = (xqda.transform(features), np.asarray(pids), np.asarray(camids))
+    (qf, q_pids, q_cams), (gf, g_pids, g_cams) = splits["query"], splits["gallery"]
+    cmc, all_ap, all_inp = evaluate_rank(
+        xqda.distance(qf, gf, projected=True), q_pids, g_pids, q_cams, g_cams
+    )
+    metrics = {
+        "mAP": float(np.mean(all_ap) * 100),
+        **{f"Rank-{k}": float(cmc[min(k, len(cmc)) - 1] * 100) for k in (1, 5, 10)},
+        "mINP": float(np.mean(all_inp) * 100),
+    }
+
+    sample = read_images([p for p, _, _ in data.query[:LATENCY_IMAGES]]).to(device)
+    with torch.inference_mode():
+        latency_ms, throughput = time_per_image(extractor, projection, sample, device, batch_size)
+    record = {
+        "name": "LOMO+XQDA",
+        "kind": "classical",
+        "config": None,
+        "weights": None,
+        "dataset": dataset,
+        "device": device,
+        "device_name": device_name(device),
+        "input_size": [extractor.height, extractor.width],
+        "params": xqda.num_parameters,
+        "macs": None,
+        "latency_ms": latency_ms,
+        "throughput": throughput,
+        "throughput_batch": batch_size,
+        "metrics": metrics,
+    }
+    write_json(record, os.path.join(output_dir, "speed_accuracy.json"))
+    return record
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    record = report_user_errors(
+        run, args.dataset, args.root, args.output_dir, args.device, args.batch_size
+    )
+    m = record["metrics"]
+    print(
+        f"LOMO+XQDA on {record['dataset']} ({record['device_name']}): "
+        + ", ".join(f"{k} {v:.1f}%" for k, v in m.items())
+        + f"; {record['params']:,} learned numbers; "
+        f"latency {record['latency_ms']:.2f} ms/image (batch 1), "
+        f"throughput {record['throughput']:.0f} images/s (batch {record['throughput_batch']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
