@@ -1,89 +1,125 @@
-"""The demo: train FastReID's bag-of-tricks baseline on SynthReID on the CPU; show what it learned.
+"""The demo: knowledge distillation for ReID on SynthReID, on the CPU, teacher to student.
 
-    python tools/demo.py [--config-file configs/Synthetic/bagtricks_R18.yml] [--output-dir DIR]
-                         [KEY VALUE ...]
+    python tools/demo.py [--student resnet18_64x32] [--epochs 16] [--output-dir logs/demo]
+                         [--seed 0]
 
-Generates SynthReID-small under ``$FASTREID_DATASETS`` (default ``datasets/``) on first use,
-evaluates the untrained model, trains it, evaluates it again and prints both side by side.
+1. trains the teacher, a bag-of-tricks ResNet-18 at 128x64
+   (``configs/Synthetic/bagtricks_R18.yml``);
+2. trains the student (``configs/SpeedKD/Synthetic/<student>.yml``; by default the same network at
+   64x32, 2.4x fewer multiply-adds: MobileNets trained from scratch do not learn in a CPU
+   schedule on SynthReID, see projects/SpeedKD/README.md), alone;
+3. trains the same student with the same schedule and seed, distilled from the teacher
+   (Hinton KD, ``kd_<student>.yml``);
+
+all three with the same schedule (``--epochs``, 16 by default so that the demo ends within 15
+minutes on two CPU cores; the configs' own 20 epochs are what ``benchmarks/speedkd_evidence.py``
+measures over several seeds). It then prints the three side by side: accuracy, and speed measured
+by ``--eval-only`` (params, multiply-adds, batch-1 latency, throughput). SynthReID-small is
+generated under ``$FASTREID_DATASETS`` (default ``datasets/``) on first use. A model whose run
+finished before (its ``speed_accuracy.json`` exists under ``--output-dir``) is not trained again:
+delete the folder to start over.
 """
 
 import argparse
-import logging
 import os
+import sys
 import time
 
 from tabulate import tabulate
 
-os.environ.setdefault("FASTREID_DATASETS", "datasets")  # FastReID reads it once, at import
+from speed_kd.runs import train_and_record
 
-from fastreid.utils.logger import setup_logger  # noqa: E402
-
-from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device  # noqa: E402
-from kdreid.engine import Trainer, seed  # noqa: E402
-from kdreid.engine.defaults import report_user_errors  # noqa: E402
-
-METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+TEACHER = "configs/Synthetic/bagtricks_R18.yml"
+STUDENTS = "configs/SpeedKD/Synthetic"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", default="configs/Synthetic/bagtricks_R18.yml")
+    parser.add_argument("--student", default="resnet18_64x32", help="a config in " + STUDENTS)
     parser.add_argument("--output-dir", default="logs/demo")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=16, help="training epochs of every model")
     return parser.parse_args(argv)
 
 
-def build_cfg(args):
-    cfg = get_cfg()
-    merge_from_file(cfg, args.config_file)
-    merge_from_list(cfg, ["OUTPUT_DIR", args.output_dir, *args.opts])
-    for name in ("fastreid", "kdreid"):
-        setup_logger(cfg.OUTPUT_DIR, name=name)
-    seed(cfg)
-    resolve_device(cfg)
-    cfg.freeze()
-    return cfg
+def progress(label):
+    def echo(line):
+        # FastReID's periodic line: "... eta: 0:01:02  epoch/iter: 3/80  total_loss: ..."
+        eta = line.split("eta:")[1].split()[0]
+        step = line.split("epoch/iter:")[1].split()[0] if "epoch/iter:" in line else "?"
+        print(f"\r  {label}: epoch/iteration {step}, eta {eta}   ", end="", flush=True)
+
+    return echo
 
 
-def timed(fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
-
-
-def results_table(rows):
-    headers = ["model", *METRICS, "time (s)"]
-    body = [
-        [name, *(f"{res[m]:.1f}" for m in METRICS), f"{seconds:.0f}"] for name, res, seconds in rows
-    ]
-    return tabulate(body, headers=headers, tablefmt="github")
+def table(runs):
+    headers = ["model", "mAP", "Rank-1", "Rank-5", "mINP", "params (M)", "mult-adds (G)",
+               "latency (ms)", "images/s", "training (s)"]  # fmt: skip
+    rows = []
+    for label, run in runs:
+        r, m = run.record, run.record["metrics"]
+        rows.append([
+            label, f"{m['mAP']:.1f}", f"{m['Rank-1']:.1f}", f"{m['Rank-5']:.1f}",
+            f"{m['mINP']:.1f}", f"{r['params'] / 1e6:.2f}", f"{r['macs'] / 1e9:.3f}",
+            f"{r['latency_ms']:.1f}", f"{r['throughput']:.0f}",
+            f"{run.train_seconds:.0f}" if run.train_seconds else "earlier",
+        ])  # fmt: skip
+    return tabulate(rows, headers=headers, tablefmt="github")
 
 
 def run(args):
-    cfg = build_cfg(args)
-    logger = logging.getLogger("kdreid.demo")
+    out = os.path.abspath(args.output_dir)
+    os.environ.setdefault("FASTREID_DATASETS", "datasets")
     start = time.perf_counter()
-    trainer = Trainer(cfg)  # generates the dataset on first use
-    logger.info("Evaluating the untrained model")
-    untrained, eval_seconds = timed(Trainer.test, cfg, trainer.model)
-    trainer.resume_or_load(resume=False)
-    trained, train_seconds = timed(trainer.train)
-    rows = [
-        ("untrained", untrained, eval_seconds),
-        (f"trained ({cfg.SOLVER.MAX_EPOCH} epochs)", trained, train_seconds),
-    ]
+    student = os.path.join(STUDENTS, f"{args.student}.yml")
+    kd_student = os.path.join(STUDENTS, f"kd_{args.student}.yml")
+    for path in (student, kd_student):
+        if not os.path.isfile(path):
+            sys.exit(f"error: no config '{path}'; students: see {STUDENTS}/")
+
+    # The learning rate drops tenfold after three quarters of the epochs, as in the configs.
+    schedule = ["SOLVER.MAX_EPOCH", str(args.epochs), "SOLVER.STEPS", f"[{args.epochs * 3 // 4}]"]
+    stages = []
+    print("1/3 teacher: ResNet-18, bag of tricks", flush=True)
+    teacher = train_and_record("ResNet-18 (teacher)", TEACHER, os.path.join(out, "teacher"),
+                               args.seed, schedule, echo=progress("teacher"))  # fmt: skip
+    stages.append(("teacher ResNet-18", teacher))
+    print(f"\n2/3 student alone: {args.student}", flush=True)
+    plain = train_and_record(args.student, student, os.path.join(out, "student"), args.seed,
+                             schedule, echo=progress("student"))  # fmt: skip
+    stages.append((f"student {args.student}, alone", plain))
+    print(f"\n3/3 student distilled from the teacher: {args.student} + KD", flush=True)
+    kd = train_and_record(
+        f"{args.student} +KD", kd_student, os.path.join(out, "student_kd"), args.seed,
+        opts=[*schedule, "KD.MODEL_WEIGHTS", f"('{teacher.weights}',)"],
+        echo=progress("student + KD"),
+    )  # fmt: skip
+    stages.append((f"student {args.student}, distilled", kd))
+
+    record = teacher.record
     print(
-        f"\nSynthReID {cfg.DATASETS.TESTS[0]}, {cfg.MODEL.META_ARCHITECTURE} "
-        f"ResNet-{cfg.MODEL.BACKBONE.DEPTH.rstrip('x')} on {cfg.MODEL.DEVICE} "
-        f"(metrics in %, time = evaluation / training incl. its evaluations)\n"
+        f"\n\n{record['dataset']}, seed {args.seed}; accuracy in %; speed of the deployed model on "
+        f"{record['device']} ({record['device_name']}): latency at batch 1, throughput at batch "
+        f"{record['throughput_batch']}; {args.epochs} epochs each; training time includes its "
+        "evaluations.\n"
     )
-    print(results_table(rows))
-    print(f"\nTotal {time.perf_counter() - start:.0f} s. Checkpoints and logs: {cfg.OUTPUT_DIR}")
-    return untrained, trained
+    print(table(stages))
+    speedup = kd.record["throughput"] / teacher.record["throughput"]
+    gain = kd.record["metrics"]["mAP"] - plain.record["metrics"]["mAP"]
+    print(
+        f"\nThe distilled student has {speedup:.1f}x the teacher's throughput and moves "
+        f"{gain:+.1f} mAP from the student trained alone (one seed: the evidence over several "
+        "seeds is benchmarks/speedkd_evidence.py)."
+    )
+    print(f"Total {time.perf_counter() - start:.0f} s. Checkpoints and logs: {out}")
+    return teacher, plain, kd
 
 
 def main(argv=None):
-    report_user_errors(run, parse_args(argv))
+    try:
+        run(parse_args(argv))
+    except RuntimeError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

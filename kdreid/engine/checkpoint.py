@@ -88,8 +88,9 @@ TRAINING_ONLY_PREFIX = "distill."
 def read_state_dict(path, option="MODEL.WEIGHTS"):
     """Read the model state dict of a checkpoint file without executing pickled code.
 
-    Accepts a FastReID checkpoint (state dict under ``"model"``) or a bare state dict; strips a
-    ``module.`` prefix left by (Distributed)DataParallel.
+    Accepts a FastReID checkpoint (state dict under ``"model"``), a state dict under
+    ``"state_dict"`` (common for ImageNet weights) or a bare state dict; strips a ``module.`` prefix
+    left by (Distributed)DataParallel.
 
     Args:
         path (str): a checkpoint file.
@@ -111,7 +112,11 @@ def read_state_dict(path, option="MODEL.WEIGHTS"):
         checkpoint = load_checkpoint_file(path)
     except CheckpointLoadError as exc:
         raise WeightsError(str(exc)) from exc
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    state = checkpoint if isinstance(checkpoint, dict) else None
+    for key in ("model", "state_dict"):  # FastReID's checkpoints; ImageNet ones
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise WeightsError(
             f"'{path}' holds no state dict (expected a dict of tensors, or one "

@@ -10,6 +10,7 @@ A project's ``train_net.py`` is::
 """
 
 import logging
+import numbers
 import os
 import sys
 
@@ -126,7 +127,7 @@ def speed_accuracy_record(cfg, model, results, config_file=""):
     tests = list(cfg.DATASETS.TESTS)
     per_dataset = results if len(tests) > 1 else {tests[0]: results}
     metrics = {
-        name: {k: float(v) for k, v in res.items() if isinstance(v, int | float)}
+        name: {k: float(v) for k, v in res.items() if isinstance(v, numbers.Real)}
         for name, res in per_dataset.items()
     }
     name = cfg.KDREID.NAME or os.path.splitext(os.path.basename(config_file or "model"))[0]

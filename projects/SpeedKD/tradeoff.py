@@ -1,6 +1,7 @@
 """Write the speed/accuracy trade-off table (markdown) and plot (PNG) from speed/accuracy records.
 
     python projects/SpeedKD/tradeoff.py logs/speedkd --output-dir logs/speedkd [--reference NAME]
+        [--title TITLE]
 
 Each argument is a ``speed_accuracy.json`` file or a folder searched recursively for them; they
 come from ``train_net.py --eval-only`` (deep models, with ``KDREID.NAME`` naming the row) and
@@ -19,13 +20,14 @@ def main(argv=None):
     parser.add_argument("records", nargs="+", help="speed_accuracy.json files or folders")
     parser.add_argument("--output-dir", default=".")
     parser.add_argument("--reference", default=None, help="row the speed-up divides")
+    parser.add_argument("--title", default="Speed/accuracy trade-off", help="the plot's title")
     args = parser.parse_args(argv)
     try:
         records = find_records(args.records)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(write_tradeoff(records, args.output_dir, args.reference))
+    print(write_tradeoff(records, args.output_dir, args.reference, args.title))
     print(f"\nWrote {args.output_dir}/tradeoff.md and tradeoff.png")
 
 

@@ -24,6 +24,7 @@ from fastreid.layers import get_norm
 from fastreid.modeling.backbones.build import BACKBONE_REGISTRY
 from torch import nn
 
+from kdreid.engine.checkpoint import fit_state_dict, read_state_dict
 from kdreid.errors import ConfigError, WeightsError
 
 __all__ = [
@@ -198,40 +199,9 @@ def load_pretrained(model: nn.Module, path: str) -> None:
             f"MODEL.BACKBONE.PRETRAIN is on but MODEL.BACKBONE.PRETRAIN_PATH '{path}' is not a "
             "file: pass the ImageNet weights' path, or MODEL.BACKBONE.PRETRAIN False."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"Cannot read the pretrained weights '{path}': {exc}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise WeightsError(f"'{path}' holds no state dict (a dict of tensors).")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_state_dict(path, option="MODEL.BACKBONE.PRETRAIN_PATH")
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    problems = [
-        f"  {title} ({len(keys)}): {', '.join(keys)}"
-        for title, keys in (
-            ("missing in the file", missing),
-            ("not in the model", unexpected),
-            ("different shapes", shapes),
-        )
-        if keys
-    ]
-    if problems:
-        raise WeightsError(
-            f"Pretrained weights '{path}' do not fit {type(model).__name__}:\n"
-            + "\n".join(problems)
-        )
-    model.load_state_dict(state, strict=True)
+    fit_state_dict(model, state, f"pretrained '{path}'")
     logger.info("Loaded pretrained weights from %s", path)
 
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 __all__ = ["REPO", "TRAIN_NET", "Run", "train_and_record", "run_logged"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN_NET = os.path.join(REPO, "projects", "SpeedKD", "train_net.py")
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # projects/SpeedKD
+REPO = os.path.dirname(os.path.dirname(PROJECT))
+TRAIN_NET = os.path.join(PROJECT, "train_net.py")
 
 
 @dataclass

@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from kdreid.benchmark import read_records  # noqa: E402
 
@@ -156,6 +157,8 @@ def plot_tradeoff(rows, path, title="Speed/accuracy trade-off"):
         ax.annotate(r["name"], (r["latency_ms"], r["mAP"]), textcoords="offset points",
                     xytext=(6, 4), fontsize=8)  # fmt: skip
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
     ax.set_xlabel(f"latency at batch 1 (ms, log scale) on {rows[0].get('device')}")
     ax.set_ylabel("mAP (%)")
     ax.set_title(title)
