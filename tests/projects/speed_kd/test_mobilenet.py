@@ -130,7 +130,7 @@ def test_pretrained_mismatch_lists_keys(tmp_path):
     message = str(info.value)
     assert "blocks.3.pointwise.bn.weight" in message
     assert "head.extra" in message
-    assert "stem.conv.weight: file (16, 3, 3, 3) vs model (8, 3, 3, 3)" in message
+    assert "stem.conv.weight: checkpoint (16, 3, 3, 3) vs model (8, 3, 3, 3)" in message
 
 
 def test_pretrained_missing_file(tmp_path):
