@@ -12,8 +12,8 @@ import kdreid  # noqa: F401  (repairs fastreid before anything imports it)
 from speed_kd import mobilenet_v1  # noqa: F401  (registration: the MobileNet v1 backbone)
 from speed_kd.config import add_speed_kd_config
 from speed_kd.distiller import SpeedKDDistiller
-from speed_kd.lomo import LOMO, lomo
+from speed_kd.lomo import LOMO
 from speed_kd.mobilenet_v1 import MobileNetV1
 from speed_kd.xqda import XQDA
 
-__all__ = ["LOMO", "MobileNetV1", "SpeedKDDistiller", "XQDA", "add_speed_kd_config", "lomo"]
+__all__ = ["LOMO", "MobileNetV1", "SpeedKDDistiller", "XQDA", "add_speed_kd_config"]
