@@ -162,7 +162,8 @@ class KDReIDDistiller(nn.Module):
         return self.student.device
 
     def _keep_head_output(self, module, inputs, output):
-        self._head_output = output
+        if self.training:  # in evaluation nothing reads it: keep no reference to the batch
+            self._head_output = output
 
     def forward(self, batched_inputs):
         if not self.training:
