@@ -31,7 +31,7 @@ from torch import nn
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
 from kdreid.engine import load_weights_strict
-from kdreid.engine.defaults import report_user_errors
+from kdreid.engine.defaults import deployed_model, report_user_errors
 from kdreid.errors import ConfigError, WeightsError
 
 # Imported for registration of the projects' models; a project that is not installed is skipped.
@@ -111,9 +111,7 @@ def build_deployable(cfg) -> ImagesToFeatures:
         )
     model = build_model(cfg)
     load_weights_strict(model, cfg.MODEL.WEIGHTS)
-    if hasattr(model, "deployed_model"):  # a distiller deploys its student
-        model = model.deployed_model()
-    return ImagesToFeatures(model)
+    return ImagesToFeatures(deployed_model(model))  # a distiller deploys its student
 
 
 def random_images(batch_size: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
