@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -123,15 +124,6 @@ def _time_forwards(
     return times
 
 
-def _percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (``numpy.percentile``'s default), ``q`` in [0, 100]."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def measure_latency(
     model: nn.Module,
     example: torch.Tensor,
@@ -153,8 +145,8 @@ def measure_latency(
     """
     times = _time_forwards(model, example, warmup, iters, time_budget_s)
     return {
-        "median_ms": _percentile(times, 50) * 1e3,
-        "p90_ms": _percentile(times, 90) * 1e3,
+        "median_ms": float(np.percentile(times, 50)) * 1e3,
+        "p90_ms": float(np.percentile(times, 90)) * 1e3,
         "iters": len(times),
     }
 
@@ -171,7 +163,7 @@ def measure_throughput(
     Args: as :func:`measure_latency`, with ``example_batch`` of shape (N, ...).
     """
     times = _time_forwards(model, example_batch, warmup, iters, time_budget_s)
-    return example_batch.shape[0] / _percentile(times, 50)
+    return example_batch.shape[0] / float(np.median(times))
 
 
 def device_name(device: torch.device | str) -> str:
