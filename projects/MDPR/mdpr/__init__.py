@@ -1,10 +1,14 @@
-"""MDPR (Fu et al., 2024: mutual distillation of hard- and soft-content branches).
+"""MDPR (Fu et al., 2024): mutual distillation of hard- and soft-content branches.
 
-The project's models, losses and config keys arrive with the MDPR issue; for now the package only
-declares its config node, and its ``train_net.py`` already trains any FastReID config.
+Importing the package registers (imports marked "registration" exist for that):
+- ``MDPR``: the meta-architecture (:mod:`mdpr.modeling`);
+- the ``MODEL.MDPR`` config keys (also applied by :func:`kdreid.config.get_cfg`).
+
+Building blocks are in :mod:`mdpr.layers`, the MDPR-specific loss terms in :mod:`mdpr.losses`.
 """
 
 import kdreid  # noqa: F401  (repairs fastreid before anything imports it)
 from mdpr.config import add_mdpr_config
+from mdpr.modeling import MDPR
 
-__all__ = ["add_mdpr_config"]
+__all__ = ["MDPR", "add_mdpr_config"]

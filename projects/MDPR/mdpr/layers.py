@@ -13,7 +13,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from fastreid.layers import any_softmax
 from fastreid.layers.pooling import GeneralizedMeanPoolingP
+from fastreid.modeling.heads import EmbeddingHead
 from torch import nn
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "CBR",
     "Embedding",
     "Predictor",
+    "ReIDHead",
+    "SyncFreeCircleSoftmax",
 ]
 
 
@@ -214,3 +218,81 @@ class Predictor(nn.Sequential):
             nn.ReLU(inplace=True),
             nn.Linear(dim, dim),
         )
+
+
+class SyncFreeCircleSoftmax(any_softmax.CircleSoftmax):
+    """FastReID's ``CircleSoftmax`` margins without synchronising the device.
+
+    FastReID's version selects the rows with a valid target (``target != -1``) through
+    ``torch.where(mask)``, which waits for the device to know how many rows there are, twice per
+    call; MDPR calls it for eight heads per step. Here the same selection is a masked
+    ``torch.where(cond, a, b)`` on the whole matrix: the output equals FastReID's bit for bit
+    (``tests/projects/mdpr/test_layers.py``), with no host round trip.
+    """
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            logits: (B, C) cosine logits; left untouched.
+            targets: (B,) identity labels, ``-1`` for rows without a class here.
+
+        Returns:
+            (B, C) scaled logits with the circle margins.
+        """
+        alpha_p = torch.clamp_min(-logits.detach() + 1 + self.m, min=0.0)
+        alpha_n = torch.clamp_min(logits.detach() + self.m, min=0.0)
+        logits_p = alpha_p * (logits - (1 - self.m))
+        logits_n = alpha_n * (logits - self.m)
+        classes = torch.arange(logits.shape[1], device=logits.device)
+        positive = (targets[:, None] == classes[None]) & (targets[:, None] != -1)
+        return torch.where(positive, logits_p, logits_n) * self.s
+
+
+class ReIDHead(EmbeddingHead):
+    """FastReID's ``EmbeddingHead``, built from explicit arguments, with a sync-free CircleSoftmax.
+
+    Same parameters, state-dict keys and outputs as ``EmbeddingHead`` (pooling ``pool_layer``,
+    BN-neck ``bottleneck``, classifier ``weight``); only a ``CircleSoftmax`` classifier is replaced
+    by :class:`SyncFreeCircleSoftmax`, which computes the same logits.
+    """
+
+    def __init__(
+        self,
+        *,
+        feat_dim: int,
+        num_classes: int,
+        pool_type: str,
+        cls_type: str,
+        scale: float,
+        margin: float,
+        neck_feat: str = "after",
+        with_bnneck: bool = True,
+        norm_type: str = "BN",
+    ):
+        """
+        Args:
+            feat_dim: channels of the input map (and of the descriptor).
+            num_classes: identities of the classifier.
+            pool_type: a pooling of ``fastreid.layers.pooling`` (``Identity`` for vectors given
+                as (B, D, 1, 1) maps).
+            cls_type: a classifier of ``fastreid.layers.any_softmax``.
+            scale: the classifier's scale ``s``.
+            margin: the classifier's margin ``m``.
+            neck_feat: ``"after"`` (BN-neck features for the metric losses) or ``"before"``.
+            with_bnneck: add the BN-neck (its bias frozen, as FastReID builds it).
+            norm_type: normalisation of the BN-neck.
+        """
+        super().__init__(
+            feat_dim=feat_dim,
+            embedding_dim=0,
+            num_classes=num_classes,
+            neck_feat=neck_feat,
+            pool_type=pool_type,
+            cls_type=cls_type,
+            scale=scale,
+            margin=margin,
+            with_bnneck=with_bnneck,
+            norm_type=norm_type,
+        )
+        if type(self.cls_layer) is any_softmax.CircleSoftmax:
+            self.cls_layer = SyncFreeCircleSoftmax(num_classes, scale, margin)
