@@ -206,9 +206,10 @@ def profile_model(
         warmup, iters, time_budget_s: as :func:`measure_latency`, for each measurement.
 
     Returns:
-        ``{"device", "device_name", "input_size", "params", "macs", "latency_ms", "throughput",
-        "throughput_batch"}``: ``device`` is ``"cpu"`` or ``"cuda"``, ``latency_ms`` the median at
-        batch 1, ``throughput`` in images/s at ``throughput_batch``.
+        ``{"device", "device_name", "input_size", "params", "macs", "feature_dim", "latency_ms",
+        "throughput", "throughput_batch"}``: ``device`` is ``"cpu"`` or ``"cuda"``,
+        ``feature_dim`` the width of the (N, D) descriptor the model returns, ``latency_ms`` the
+        median at batch 1, ``throughput`` in images/s at ``throughput_batch``.
     """
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
@@ -217,12 +218,15 @@ def profile_model(
     batch = 255 * torch.rand(batch_size, 3, height, width, generator=generator, device=device)
     single = batch[:1].clone()
     latency = measure_latency(model, single, warmup, iters, time_budget_s)
+    with _eval_mode(model), torch.inference_mode():
+        feature_dim = int(model(single).shape[-1])
     return {
         "device": device.type,
         "device_name": device_name(device),
         "input_size": [int(height), int(width)],
         "params": count_parameters(model),
         "macs": count_macs(model, single),
+        "feature_dim": feature_dim,
         "latency_ms": latency["median_ms"],
         "throughput": measure_throughput(model, batch, warmup, iters, time_budget_s),
         "throughput_batch": int(batch_size),
@@ -294,6 +298,7 @@ def format_record(record: dict) -> str:
         ),
         ("params", f"{record['params'] / 1e6:.3f} M" if record.get("params") else "n/a"),
         ("multiply-adds", f"{macs / 1e9:.3f} G per image" if macs else "n/a"),
+        ("descriptor", figure("feature_dim", "{}-d")),
         ("latency", figure("latency_ms", "{:.2f} ms at batch 1")),
         (
             "throughput",

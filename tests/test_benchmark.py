@@ -147,11 +147,13 @@ def test_profile_model_schema():
         "input_size",
         "params",
         "macs",
+        "feature_dim",
         "latency_ms",
         "throughput",
         "throughput_batch",
     }
     assert record["device"] == "cpu" and record["device_name"]
+    assert record["feature_dim"] == 4
     assert record["input_size"] == [8, 6]
     assert record["params"] == 3 * 4 * 9 + 4
     assert record["macs"] == 4 * 3 * 9 * 8 * 6

@@ -19,7 +19,7 @@ from kdreid.engine.hooks import DistillationWarmup
 from kdreid.errors import ConfigError
 from kdreid.evaluation import ReidEvaluator
 
-__all__ = ["Trainer", "ProgressLoader"]
+__all__ = ["Trainer", "ProgressLoader", "check_freeze_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,26 @@ def check_pretrain_weights(cfg):
         )
 
 
+def check_freeze_layers(cfg, model):
+    """FastReID freezes the top-level children named in ``MODEL.FREEZE_LAYERS`` and silently does
+    nothing for a name that is not one (the official MDPR code names ``backbone``, which its model
+    does not have at the top level).
+
+    Raises:
+        ConfigError: ``SOLVER.FREEZE_ITERS`` > 0 and a name is not a top-level child of ``model``.
+    """
+    if cfg.SOLVER.FREEZE_ITERS <= 0 or not cfg.MODEL.FREEZE_LAYERS:
+        return
+    model = getattr(model, "module", model)
+    children = [name for name, _ in model.named_children()]
+    unknown = [name for name in cfg.MODEL.FREEZE_LAYERS if name not in children]
+    if unknown:
+        raise ConfigError(
+            f"MODEL.FREEZE_LAYERS names {unknown}, which {type(model).__name__} does not have; "
+            f"its top-level modules are {children} (or set SOLVER.FREEZE_ITERS 0)."
+        )
+
+
 class Trainer(DefaultTrainer):
     """FastReID's default training loop, evaluated by :class:`kdreid.evaluation.ReidEvaluator`."""
 
@@ -88,10 +108,15 @@ class Trainer(DefaultTrainer):
         self.checkpointer = AtomicCheckpointer(
             old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
         )
+        check_freeze_layers(self.cfg, self.model)
         ret = super().build_hooks()
         for hook in ret:
             if isinstance(hook, hooks.PeriodicWriter):
                 hook._period = self.cfg.KDREID.LOG_PERIOD
+            if isinstance(hook, hooks.EvalHook) and self.cfg.TEST.EVAL_PERIOD <= 0:
+                # TEST.EVAL_PERIOD 0: evaluate once, after the last epoch (FastReID's hook divides
+                # by the period and fails on 0).
+                hook._period = self.max_epoch + 1
         warmup = self.cfg.KDREID.DISTILL.WARMUP_ITERS
         if warmup > 0 and hasattr(getattr(self.model, "module", self.model), "kd_scale"):
             ret.insert(0, DistillationWarmup(self.model, warmup))

@@ -119,6 +119,28 @@ def test_imagenet_weights_that_are_not_on_disk(tmp_path):
         Trainer.build_model(cfg)
 
 
+def test_freeze_layers_that_the_model_does_not_have(fastreid_root, tmp_path):
+    """FastReID would silently freeze nothing; the trainer names the modules it could freeze."""
+    cfg = _tiny_cfg(tmp_path, **{"MODEL.FREEZE_LAYERS": ["trunk"], "SOLVER.FREEZE_ITERS": 5})
+    with pytest.raises(ConfigError, match=r"\['trunk'\].*\['backbone', 'heads'\]"):
+        Trainer(cfg)
+    cfg = _tiny_cfg(tmp_path, **{"MODEL.FREEZE_LAYERS": ["backbone"], "SOLVER.FREEZE_ITERS": 5})
+    Trainer(cfg)  # a real top-level module: accepted
+
+
+def test_eval_period_zero_evaluates_once_at_the_end(fastreid_root, tmp_path):
+    cfg = _tiny_cfg(tmp_path, **{"TEST.EVAL_PERIOD": 0, "SOLVER.MAX_EPOCH": 2})
+    trainer = Trainer(cfg)
+    calls = []
+    for hook in trainer._hooks:
+        if type(hook).__name__ == "EvalHook":
+            evaluate = hook._func
+            hook._func = lambda evaluate=evaluate: calls.append(trainer.epoch) or evaluate()
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert calls == [1]  # once, after the last (second) epoch
+
+
 def _run(project, *argv, env, **kwargs):
     cmd = [sys.executable, os.path.join(REPO, "projects", project, "train_net.py"), *argv]
     return subprocess.Popen(

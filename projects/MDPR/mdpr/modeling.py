@@ -462,7 +462,11 @@ class MDPR(nn.Module):
             },
             "loss_kwargs": {
                 "names": tuple(losses.NAME),
-                "ce": {"eps": losses.CE.EPSILON, "alpha": losses.CE.ALPHA, "scale": losses.CE.SCALE},
+                "ce": {
+                    "eps": losses.CE.EPSILON,
+                    "alpha": losses.CE.ALPHA,
+                    "scale": losses.CE.SCALE,
+                },
                 "tri": {
                     "margin": losses.TRI.MARGIN,
                     "norm_feat": losses.TRI.NORM_FEAT,
@@ -553,7 +557,11 @@ class MDPR(nn.Module):
             if use_tri:
                 losses[f"loss_{name}_triplet"] = (
                     triplet_loss(
-                        out["features"], targets, tri["margin"], tri["norm_feat"], tri["hard_mining"]
+                        out["features"],
+                        targets,
+                        tri["margin"],
+                        tri["norm_feat"],
+                        tri["hard_mining"],
                     )
                     * tri["scale"]
                 )
