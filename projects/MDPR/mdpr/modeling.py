@@ -98,6 +98,10 @@ def load_trunk_weights(backbone: ResNet, path: str) -> None:
     option = "MODEL.BACKBONE.PRETRAIN_PATH"
     state = read_state_dict(path, option)
     expected = backbone.state_dict()
+    # Files saved before BatchNorm counted its batches lack num_batches_tracked; it is not a weight.
+    for key in set(expected) - set(state):
+        if key.endswith("num_batches_tracked"):
+            state[key] = expected[key]
     missing = sorted(set(expected) - set(state))
     shapes = sorted(
         f"{k}: file {tuple(state[k].shape)} vs trunk {tuple(expected[k].shape)}"
@@ -534,7 +538,7 @@ class MDPR(nn.Module):
         heads = self._descriptor_heads(branches, fused)
         if not self.training:
             return torch.cat([head(x) for _, head, x in heads], dim=1)
-        if "targets" not in batched_inputs:
+        if not isinstance(batched_inputs, dict) or "targets" not in batched_inputs:
             raise ValueError("MDPR needs identity labels ('targets') in training")
         targets = batched_inputs["targets"].to(self.device)
         return self.losses(branches, heads, targets)
@@ -600,15 +604,16 @@ class MDPR(nn.Module):
     def attention_maps(self, batched_inputs) -> Branches:
         """All the maps of :class:`Generate`, attention included, in evaluation mode.
 
-        For visualisation (``projects/MDPR/visualize_attention.py``); the model's mode is
+        For visualisation (``projects/MDPR/visualize_attention.py``); every submodule's mode is
         restored afterwards.
         """
-        was_training = self.training
+        modes = [(module, module.training) for module in self.modules()]
         self.eval()
         try:
             return self.generate(self.preprocess_image(batched_inputs), attention=True)
         finally:
-            self.train(was_training)
+            for module, training in modes:
+                module.training = training
 
     def deployed_model(self) -> nn.Module:
         """The model ``--eval-only`` times and exports: itself (evaluation skips the attention)."""

@@ -233,6 +233,21 @@ def test_descriptor_is_the_official_concatenation_and_skips_attention():
     torch.testing.assert_close(full, desc, rtol=0, atol=0)
 
 
+def test_training_without_labels_is_a_clear_error():
+    model = _model().train()
+    with pytest.raises(ValueError, match="targets"):
+        model(_batch()["images"])
+
+
+def test_attention_maps_restore_every_modules_mode():
+    model = _model().train()
+    model.generate.backbone.eval()  # e.g. held frozen by a hook
+    branches = model.attention_maps(_batch()["images"][:2])
+    assert branches.attention4.shape == (2, 2, 4, 2) and branches.bap3 is not None
+    assert model.training and not model.generate.backbone.training
+    assert model.generate.backbone_part.training
+
+
 def test_batch_of_one_in_evaluation_and_images_untouched():
     model = _model().eval()
     images = _batch()["images"]
@@ -374,6 +389,10 @@ def test_trunk_weights_are_loaded_strictly(tmp_path):
                 "MODEL.BACKBONE.WITH_IBN": True,
             }
         )
+    old_file = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old_file, path)  # saved before BatchNorm counted batches: still a full trunk
+    model = _model(**{"MODEL.BACKBONE.PRETRAIN": True, "MODEL.BACKBONE.PRETRAIN_PATH": str(path)})
+    torch.testing.assert_close(model.generate.backbone[0].weight, state["conv1.weight"])
     trunk = build_backbone(_cfg())
     with pytest.raises(WeightsError, match="does not exist"):
         load_trunk_weights(trunk, str(tmp_path / "missing.pth"))

@@ -1,0 +1,258 @@
+"""Pictures of MDPR's stripes and attention maps: pure functions, used by
+``projects/MDPR/visualize_attention.py``.
+
+Each panel is an image at the model's input resolution; attention maps are upsampled bilinearly to
+it and blended in as a heat colour whose opacity grows with the attention (:func:`overlay`), on a
+fixed 0-1 colour scale; the stripe split of the hard branch is drawn as labelled boundaries
+(:func:`stripe_boundaries`, the same split as :meth:`mdpr.modeling.Generate.stripes`). Drawn on
+matplotlib's Agg canvas (no display, no pyplot state).
+"""
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps, patheffects
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+__all__ = [
+    "Layout",
+    "attention_panels",
+    "background",
+    "layout",
+    "overlay",
+    "pixel_boundaries",
+    "render",
+    "stripe_boundaries",
+    "stripe_rows",
+    "upsample",
+]
+
+MIN_PANEL_WIDTH = 128
+"""Default ``--scale``: the smallest that makes panels at least this many pixels wide."""
+
+CMAP = "turbo"
+ALPHA = 0.7
+"""Opacity of the heat colour where the attention is 1 (it falls linearly to 0 with the map)."""
+BOUNDARY_COLOUR = (1.0, 1.0, 1.0)
+
+_DPI = 100
+_GAP = 8  # pixels around and between panels
+_TITLE = 16  # title band above the panels
+_COLORBAR = 34  # colour bar band under the panels: bar, ticks and their labels
+_FONT_SIZE = 7
+
+
+# --- Stripes ----------------------------------------------------------------------------------
+
+
+def stripe_rows(map_rows: int, num_stripes: int) -> list[int]:
+    """Rows of each of the P stripes of a map ``map_rows`` high, top first.
+
+    The split of ``torch.tensor_split`` (``Generate.stripes``): ``map_rows // P`` rows each, one
+    more for the first ``map_rows % P`` stripes.
+
+    Raises:
+        ValueError: ``num_stripes`` is below 1 or above ``map_rows``.
+    """
+    if not 1 <= num_stripes <= map_rows:
+        raise ValueError(f"cannot split {map_rows} rows into {num_stripes} stripes")
+    size, extra = divmod(map_rows, num_stripes)
+    return [size + (i < extra) for i in range(num_stripes)]
+
+
+def pixel_boundaries(stripe_heights: Sequence[int], image_height: int) -> list[int]:
+    """Pixel rows of the P - 1 boundaries between stripes of the given heights (map rows).
+
+    A boundary after map row ``r`` of ``R`` is image row ``r * image_height / R``, rounded to the
+    nearest (halves up): the first image row of the next stripe.
+    """
+    total = sum(stripe_heights)
+    ends = np.cumsum(stripe_heights)[:-1]
+    return [int((2 * int(end) * image_height + total) // (2 * total)) for end in ends]
+
+
+def stripe_boundaries(map_rows: int, num_stripes: int, image_height: int) -> list[int]:
+    """Pixel rows of the boundaries between the P stripes of a final map ``map_rows`` high.
+
+    Example: 24 map rows, 2 stripes, a 384-pixel image: ``[192]``.
+    """
+    return pixel_boundaries(stripe_rows(map_rows, num_stripes), image_height)
+
+
+# --- Attention maps ---------------------------------------------------------------------------
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (``align_corners=False``) of (B, M, h, w) maps to (B, M, *size)."""
+    return F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def background(parts: np.ndarray) -> np.ndarray:
+    """The background map of an attention level: 1 minus the sum of its (M, H, W) part maps."""
+    return np.clip(1.0 - parts.sum(axis=0), 0.0, 1.0)
+
+
+def attention_panels(
+    levels: Sequence[tuple[int, np.ndarray]], with_background: bool = True
+) -> list[tuple[str, np.ndarray]]:
+    """The titled maps of one image: every part of every level, each level's background last.
+
+    Args:
+        levels: (level number, (M, H, W) foreground attention maps) in display order.
+        with_background: add each level's :func:`background` map.
+
+    Returns:
+        (title, (H, W) map) pairs, titled "level 4, part 1", ..., "level 4, background".
+    """
+    panels = []
+    for level, parts in levels:
+        panels += [(f"level {level}, part {i + 1}", part) for i, part in enumerate(parts)]
+        if with_background:
+            panels.append((f"level {level}, background", background(parts)))
+    return panels
+
+
+def overlay(
+    image: np.ndarray, attention: np.ndarray, cmap: str = CMAP, alpha: float = ALPHA
+) -> np.ndarray:
+    """The image under an attention map drawn as heat, opaque where the attention is high.
+
+    Each pixel becomes ``(1 - w) * image + w * colour(a)`` with ``a`` the attention clipped to
+    [0, 1], ``colour`` the colour map on [0, 1] and ``w = alpha * a``: where the attention is 0
+    the image is unchanged.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        attention: (h, w) map in [0, 1]; upsampled bilinearly to H x W when smaller or larger.
+        cmap: a matplotlib colour map name.
+        alpha: the heat's opacity where the attention is 1.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if attention.ndim != 2:
+        raise ValueError(f"attention must be (h, w), got shape {attention.shape}")
+    height, width = image.shape[:2]
+    if attention.shape != (height, width):
+        attention = upsample(torch.as_tensor(attention)[None, None], (height, width))[0, 0].numpy()
+    a = np.clip(attention.astype(np.float32), 0.0, 1.0)
+    heat = colormaps[cmap](a)[..., :3].astype(np.float32) * 255
+    weight = (alpha * a)[..., None]
+    blended = (1 - weight) * image.astype(np.float32) + weight * heat
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+# --- Picture ----------------------------------------------------------------------------------
+
+
+class Layout(NamedTuple):
+    """Pixel geometry of a picture: its size and each panel's box ``(left, top, width, height)``
+    from the top-left corner."""
+
+    width: int
+    height: int
+    panels: list[tuple[int, int, int, int]]
+    colorbar: tuple[int, int, int, int]
+
+
+def layout(num_panels: int, panel_width: int, panel_height: int) -> Layout:
+    """Boxes of ``num_panels`` panels in a row, titles above, the colour bar below.
+
+    The panels are ``_GAP`` pixels apart and from the edges; the colour bar spans the attention
+    panels (all but the first).
+    """
+    width = _GAP + num_panels * (panel_width + _GAP)
+    top = _GAP + _TITLE
+    height = top + panel_height + _COLORBAR + _GAP
+    panels = [
+        (_GAP + i * (panel_width + _GAP), top, panel_width, panel_height) for i in range(num_panels)
+    ]
+    bar_left = panels[1][0] if num_panels > 1 else panels[0][0]
+    margin = 2 * _GAP  # room for the half-width of the end tick labels
+    colorbar = (bar_left + margin, top + panel_height + _GAP, width - bar_left - 2 * margin, 8)
+    return Layout(width, height, panels, colorbar)
+
+
+def _axes(figure: Figure, box: tuple[int, int, int, int], size: Layout):
+    left, top, width, height = box
+    rect = (
+        left / size.width,
+        1 - (top + height) / size.height,
+        width / size.width,
+        height / size.height,
+    )
+    return figure.add_axes(rect)
+
+
+def render(
+    image: np.ndarray,
+    boundaries: Sequence[int],
+    maps: Sequence[tuple[str, np.ndarray]],
+    path: str,
+    scale: int = 1,
+    cmap: str = CMAP,
+    alpha: float = ALPHA,
+) -> Layout:
+    """Write one image's picture: the image with its stripes, then one panel per attention map.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, the model's input.
+        boundaries: pixel rows of the stripe boundaries (:func:`pixel_boundaries`); P - 1 of them.
+        maps: (title, (h, w) attention map) pairs (:func:`attention_panels`), each drawn with
+            :func:`overlay`.
+        path: the PNG to write.
+        scale: magnification of every panel (nearest neighbour), a positive integer.
+        cmap: the colour map of the heat.
+        alpha: the heat's opacity where the attention is 1.
+
+    Returns:
+        The :class:`Layout` of the picture written.
+    """
+    height, width = image.shape[:2]
+    size = layout(1 + len(maps), scale * width, scale * height)
+    figure = Figure(figsize=(size.width / _DPI, size.height / _DPI), dpi=_DPI, facecolor="white")
+    FigureCanvasAgg(figure)
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+
+    ax = _axes(figure, size.panels[0], size)
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title(f"{len(boundaries) + 1} stripes", fontsize=_FONT_SIZE, pad=2)
+    edges = [0, *boundaries, height]
+    for i, (start, end) in enumerate(zip(edges[:-1], edges[1:])):
+        if i:
+            ax.axhline(start - 0.5, color=BOUNDARY_COLOUR, linewidth=1.5)
+        label = f"stripe {i + 1}"
+        ax.text(
+            1,
+            (start + end) / 2 - 0.5,
+            label,
+            color="white",
+            fontsize=_FONT_SIZE,
+            va="center",
+            ha="left",
+            path_effects=outline,
+        )
+    for box, (title, attention) in zip(size.panels[1:], maps):
+        ax_map = _axes(figure, box, size)
+        ax_map.imshow(overlay(image, attention, cmap, alpha), interpolation="nearest")
+        ax_map.set_title(title, fontsize=_FONT_SIZE, pad=2)
+    for ax_panel in figure.axes:
+        ax_panel.set_axis_off()
+    if maps:
+        bar = figure.colorbar(
+            ScalarMappable(Normalize(0, 1), cmap),
+            cax=_axes(figure, size.colorbar, size),
+            orientation="horizontal",
+        )
+        bar.ax.tick_params(labelsize=_FONT_SIZE, length=2, pad=1)
+        bar.set_label("attention", fontsize=_FONT_SIZE, labelpad=1)
+    figure.savefig(path, dpi=_DPI, facecolor="white")
+    return size

@@ -1,0 +1,321 @@
+"""Draw a trained MDPR model's stripes and attention maps over the images it sees.
+
+    python projects/MDPR/visualize_attention.py --config-file CFG --output DIR \
+        [--input IMAGE_OR_FOLDER ...] [--num-images N] [--device DEV] [--scale K] \
+        [--no-background] MODEL.WEIGHTS path/to/model_final.pth [KEY VALUE ...]
+
+Replaces the ``.npy`` files that the official code writes from inside its forward. The model of
+the config is built, ``MODEL.WEIGHTS`` is loaded strictly (as ``--eval-only`` does; a classifier
+built with ``MODEL.HEADS.NUM_CLASSES 0`` is not needed) and run in evaluation mode, batched
+(``TEST.IMS_PER_BATCH``), on ``--device`` (default ``MODEL.DEVICE``, "auto": CUDA when torch sees
+a GPU). The images are the ``--input`` files and folders (a folder: its .jpg/.jpeg/.png/.bmp
+files, not recursively, in name order), or else the first ``--num-images`` query images of
+``DATASETS.TESTS[0]`` (read from ``$FASTREID_DATASETS``, default ``datasets/``). Each is
+preprocessed as evaluation does it (FastReID's test transforms: resize to ``INPUT.SIZE_TEST``,
+0-255 tensor), after conversion to RGB (so that RGBA, palette and CMYK files work too).
+
+For every image, ``DIR/<stem>.png`` (``<stem>_2.png`` ... when names repeat) is a row of panels,
+each the input image at the model's input resolution, magnified ``--scale`` times without
+interpolation:
+
+1. the image with the boundaries of the P horizontal stripes of the hard branch, labelled;
+2. for level 4, then level 3, and each attention part i: the image under the part's foreground
+   attention map, upsampled bilinearly to the image size (:func:`overlay`), titled
+   "level 4, part 1" and so on; unless ``--no-background``, each level ends with its background
+   map, 1 minus the sum of the parts.
+
+Drawn on matplotlib's Agg canvas (no display, no pyplot state). A colour bar under the panels
+gives the colour of an attention value, on the fixed scale 0 to 1 (the maps are probabilities, so
+levels, parts and images compare). Bad input (a missing path, an
+unreadable image, a folder without images, a config that is not MDPR, weights that do not fit)
+ends with one ``error: ...`` line and exit status 2.
+"""
+
+import argparse
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+
+import torch
+from tqdm import tqdm
+
+import mdpr  # noqa: F401  (imported for registration of MDPR; it repairs fastreid first)
+
+# isort: split
+from fastreid.data import build as fastreid_data
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.data.transforms import build_transforms
+from fastreid.modeling import build_model
+
+from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
+from kdreid.data.checks import read_image
+from kdreid.engine.checkpoint import load_weights_strict
+from kdreid.engine.defaults import report_user_errors
+from kdreid.errors import ConfigError, UserInputError
+from mdpr.visualize import (
+    MIN_PANEL_WIDTH,
+    Layout,
+    attention_panels,
+    background,
+    layout,
+    overlay,
+    pixel_boundaries,
+    render,
+    stripe_boundaries,
+    stripe_rows,
+    upsample,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImagePathError",
+    "Layout",
+    "OutputDirError",
+    "attention_panels",
+    "background",
+    "collect_images",
+    "layout",
+    "output_names",
+    "overlay",
+    "pixel_boundaries",
+    "render",
+    "stripe_boundaries",
+    "stripe_rows",
+    "upsample",
+    "visualize",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+"""Files of a folder given with ``--input`` that are read (case-insensitive)."""
+
+_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+")  # MODEL.WEIGHTS, not a path
+
+
+class ImagePathError(UserInputError, FileNotFoundError):
+    """An ``--input`` path that does not exist, or a folder with no images in it."""
+
+
+class OutputDirError(UserInputError, OSError):
+    """The output folder cannot be created or written."""
+
+
+# --- Inputs -----------------------------------------------------------------------------------
+
+
+def collect_images(inputs: Sequence[str]) -> list[str]:
+    """The image files named by ``--input``: files as given, folders' images in name order.
+
+    Raises:
+        ImagePathError: a path does not exist, or a folder holds no image.
+    """
+    paths = []
+    for item in inputs:
+        if os.path.isfile(item):
+            paths.append(item)
+        elif os.path.isdir(item):
+            found = sorted(
+                os.path.join(item, name)
+                for name in os.listdir(item)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+                and os.path.isfile(os.path.join(item, name))
+            )
+            if not found:
+                raise ImagePathError(
+                    f"--input folder '{item}' holds no image ({', '.join(IMAGE_EXTENSIONS)})."
+                )
+            paths += found
+        else:
+            raise ImagePathError(f"--input '{item}' does not exist.")
+    return paths
+
+
+def dataset_queries(cfg, count: int) -> list[str]:
+    """The first ``count`` query images of ``DATASETS.TESTS[0]``.
+
+    Raises:
+        ConfigError: no test set, or one that is not registered.
+        DatasetNotFoundError: the dataset is not under the datasets root.
+    """
+    if not cfg.DATASETS.TESTS:
+        raise ConfigError("DATASETS.TESTS is empty: name a test set, or pass images with --input.")
+    name = cfg.DATASETS.TESTS[0]
+    try:
+        dataset_cls = DATASET_REGISTRY.get(name)
+    except KeyError:
+        raise ConfigError(f"DATASETS.TESTS[0] '{name}' is not a registered dataset.") from None
+    dataset = dataset_cls(root=fastreid_data._root)
+    if not dataset.query:
+        raise ImagePathError(f"Dataset {name} has no query image.")
+    return [item[0] for item in dataset.query[:count]]
+
+
+def output_names(paths: Sequence[str]) -> list[str]:
+    """PNG file names for the images: ``<stem>.png``, then ``<stem>_2.png``... for repeats."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
+    return names
+
+
+def prepare_output_dir(path: str) -> None:
+    """Create ``path`` before any slow work and check that a file can be written in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise OutputDirError(
+            f"Cannot write the output folder '{path}': {exc.strerror or exc}"
+        ) from exc
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+
+def build_cfg(config_file: str, opts: Sequence[str], device: str | None = None):
+    """The frozen config of ``config_file`` plus ``KEY VALUE`` options, for inference.
+
+    Raises:
+        ConfigError: an unknown key, or a model that is not MDPR.
+    """
+    cfg = get_cfg()
+    merge_from_file(cfg, config_file)
+    merge_from_list(cfg, list(opts))
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch != "MDPR":
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE is '{arch}' in '{config_file}': this tool draws the "
+            "attention of MDPR models only (MODEL.META_ARCHITECTURE MDPR)."
+        )
+    cfg.MODEL.BACKBONE.PRETRAIN = False  # every weight comes from MODEL.WEIGHTS
+    if device:
+        cfg.MODEL.DEVICE = device
+    resolve_device(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def load_batch(paths: Sequence[str], transform) -> torch.Tensor:
+    """(B, 3, H, W) float 0-255 images, preprocessed as evaluation does.
+
+    Raises:
+        UnreadableImageError: a file cannot be read as an image (the message names it).
+    """
+    return torch.stack([transform(read_image(path, "RGB")) for path in paths])
+
+
+def visualize(
+    cfg, paths: Sequence[str], output: str, scale: int | None = None, with_background: bool = True
+) -> list[str]:
+    """Build the model of ``cfg``, load its weights and write one picture per image.
+
+    Args:
+        cfg: a config from :func:`build_cfg` (``MODEL.WEIGHTS`` set).
+        paths: image files.
+        output: folder for the pictures (created).
+        scale: panel magnification; None picks the smallest that makes panels at least
+            ``MIN_PANEL_WIDTH`` pixels wide.
+        with_background: add each level's background map.
+
+    Returns:
+        The PNG files written, in the order of ``paths``.
+    """
+    prepare_output_dir(output)
+    model = build_model(cfg)
+    load_weights_strict(model, cfg.MODEL.WEIGHTS)
+    model.to(cfg.MODEL.DEVICE).eval()
+    transform = build_transforms(cfg, is_train=False)
+    names = output_names(paths)
+    written = []
+    batch_size = max(1, cfg.TEST.IMS_PER_BATCH)
+    with tqdm(
+        total=len(paths),
+        desc="Attention maps",
+        unit="image",
+        disable=not cfg.KDREID.PROGRESS,
+        dynamic_ncols=True,
+    ) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = slice(start, start + batch_size)
+            images = load_batch(paths[chunk], transform)
+            size = tuple(images.shape[-2:])
+            if scale is None:
+                scale = max(1, math.ceil(MIN_PANEL_WIDTH / size[1]))
+            branches = model.attention_maps(images)
+            levels = [
+                (4, upsample(branches.attention4, size).cpu().numpy()),
+                (3, upsample(branches.attention3, size).cpu().numpy()),
+            ]
+            boundaries = pixel_boundaries([p.shape[2] for p in branches.hard_parts], size[0])
+            pictures = images.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy()
+            for i, name in enumerate(names[chunk]):
+                panels = attention_panels([(k, a[i]) for k, a in levels], with_background)
+                path = os.path.join(output, name)
+                try:
+                    render(pictures[i], boundaries, panels, path, scale=scale)
+                except OSError as exc:
+                    raise OutputDirError(f"Cannot write '{path}': {exc}") from exc
+                written.append(path)
+                bar.update()
+    return written
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="image files or folders (default: query images of DATASETS.TESTS[0])",
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=8, help="query images drawn without --input (8)"
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: MODEL.DEVICE)")
+    parser.add_argument("--scale", type=int, help="panel magnification (default: automatic)")
+    parser.add_argument(
+        "--no-background", action="store_true", help="leave out the background maps"
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    # "--input a.jpg MODEL.WEIGHTS m.pth": argparse gives the config options to --input.
+    for i, item in enumerate(args.input):
+        if _CONFIG_KEY.fullmatch(item):
+            if i == 0:
+                parser.error("--input needs at least one image or folder before KEY VALUE options")
+            args.input, args.opts = args.input[:i], args.input[i:] + args.opts
+            break
+    if args.num_images < 1:
+        parser.error("--num-images must be at least 1")
+    if args.scale is not None and args.scale < 1:
+        parser.error("--scale must be at least 1")
+    return args
+
+
+def run(args) -> list[str]:
+    paths = collect_images(args.input) if args.input else None
+    cfg = build_cfg(args.config_file, args.opts, args.device)
+    if paths is None:
+        paths = dataset_queries(cfg, args.num_images)
+    written = visualize(cfg, paths, args.output, args.scale, not args.no_background)
+    print(f"Wrote {len(written)} picture(s) to {args.output} (model on {cfg.MODEL.DEVICE})")
+    return written
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    report_user_errors(run, parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
