@@ -17,7 +17,7 @@ level-3 and fusion heads, in that order (4608-d with the official settings). The
 and the BAP features do not enter it, so evaluation does not compute them.
 
 Module and parameter names are the official ones (KuilongCui/MDPR), so an official checkpoint
-loads after :mod:`convert_official <projects.MDPR.convert_official>` checks it. Unlike the
+loads after ``projects/MDPR/convert_official.py`` has checked it. Unlike the
 official code, the images are normalised out of place, the forward writes no files, the loss
 terms never synchronise the device, and the diversity switch is honoured.
 
@@ -280,6 +280,12 @@ class Fusion(nn.Module):
         Returns:
             (B, 4E, h, w) fused map.
         """
+        if branches.attn_feature4.shape[-2:] != branches.attn_feature3.shape[-2:]:
+            raise ValueError(
+                "fusion concatenates the level-4 and level-3 maps, which must have the same size "
+                f"(got {tuple(branches.attn_feature4.shape[-2:])} and "
+                f"{tuple(branches.attn_feature3.shape[-2:])}): build the trunk with last stride 1"
+            )
         merged = self.merge(torch.cat(branches.hard_parts, dim=2))
         part = self.output_part(torch.cat([merged, branches.hard_global], dim=1))
         attn = self.output_attn(torch.cat([branches.attn_feature4, branches.attn_feature3], dim=1))
@@ -346,7 +352,7 @@ class MDPR(nn.Module):
                 "MDPR splits a FastReID ResNet trunk after layer2: MODEL.BACKBONE.NAME must be "
                 f"build_resnet_backbone (got a {type(backbone).__name__})."
             )
-        if backbone.NL_1_idx or backbone.NL_2_idx or backbone.NL_3_idx or backbone.NL_4_idx:
+        if any(name.startswith("NL_") for name, _ in backbone.named_children()):
             raise ConfigError(
                 "MDPR's trunk has no non-local blocks (the official model drops them): set "
                 "MODEL.BACKBONE.WITH_NL False."

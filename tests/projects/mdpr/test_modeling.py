@@ -361,6 +361,19 @@ def test_config_values_that_make_no_sense(opts, message):
         build_model(_cfg(**opts))
 
 
+def test_a_trunk_that_ran_once_is_accepted_and_fusion_checks_sizes():
+    """FastReID's ResNet rewrites its empty non-local index lists on its first forward; that is
+    not a non-local block. A trunk with last stride 2 built directly fails in fusion, clearly."""
+    from mdpr.modeling import MDPR
+
+    cfg = _cfg(**{"MODEL.BACKBONE.LAST_STRIDE": 2})
+    trunk = build_backbone(cfg)
+    trunk(torch.zeros(1, 3, 64, 32))
+    model = MDPR(backbone=trunk, num_classes=6, pixel_mean=[0] * 3, pixel_std=[1] * 3).eval()
+    with pytest.raises(ValueError, match="last stride 1"):
+        model(torch.zeros(1, 3, 64, 32))
+
+
 def test_images_too_short_for_the_stripes_are_a_clear_error():
     model = _model(**{"MODEL.MDPR.NUM_STRIPES": 4}).eval()
     with pytest.raises(ValueError, match="NUM_STRIPES 4 is more than the 2 rows"):
