@@ -24,7 +24,8 @@ import os
 import statistics
 import sys
 
-from speed_kd.runs import REPO, run_logged, train_and_record
+from kdreid.runs import REPO, run_logged
+from speed_kd.runs import train_and_record
 from speed_kd.tradeoff import find_records, write_tradeoff
 
 TEACHER_CONFIG = "configs/Synthetic/bagtricks_R18.yml"

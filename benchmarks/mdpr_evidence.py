@@ -1,0 +1,244 @@
+"""Does MDPR work? MDPR, two ablations and the plain baseline: same data and schedule, 3 seeds.
+
+    python benchmarks/mdpr_evidence.py [--seeds 0 1 2] [--variants baseline mdpr ...]
+        [--output-dir logs/mdpr_evidence] [KEY VALUE ...]
+
+On SynthReID-small, on this machine's device, for every seed: trains each variant with
+``projects/MDPR/train_net.py`` (it trains any FastReID config) and evaluates it with
+``--eval-only`` (accuracy and speed records):
+
+- ``baseline``: FastReID's Baseline (``configs/MDPR/Synthetic/baseline_R18.yml``), MDPR's trunk,
+  inputs, head, losses and schedule with one branch and one head;
+- ``mdpr``: MDPR (``configs/MDPR/Synthetic/mdpr_R18.yml``);
+- ``mdpr_no_distillation``: MDPR without mutual distillation (``MODEL.MDPR.DISTILLATION False``);
+- ``mdpr_no_fusion``: MDPR without the fusion branch (``MODEL.MDPR.FUSION False``).
+
+Each run lives in ``OUTPUT-DIR/<variant>/seed<k>``. It writes ``OUTPUT-DIR/evidence.md``: per-seed
+mAP / Rank-1, mean ± sample standard deviation per variant, the paired differences of every
+variant against the baseline and of full MDPR against each ablation, with a verdict each, and
+the speed figures (training and evaluation throughput, latency, parameters, multiply-adds,
+descriptor length). Runs that already finished are not repeated, so an interrupted benchmark
+continues where it stopped. ``KEY VALUE`` options apply to every run, training and evaluation
+(e.g. ``SOLVER.MAX_EPOCH 1`` for a smoke test); they come last, after ``--`` where they follow
+``--seeds`` or ``--variants``::
+
+    python benchmarks/mdpr_evidence.py --seeds 0 --output-dir /tmp/mdpr_smoke -- \
+        DATASETS.NAMES '("SynthReIDTiny",)' DATASETS.TESTS '("SynthReIDTiny",)' \
+        SOLVER.MAX_EPOCH 1 SOLVER.STEPS '[1]' SOLVER.IMS_PER_BATCH 16
+"""
+
+import argparse
+import os
+import statistics
+from typing import NamedTuple
+
+from kdreid.runs import REPO, train_and_record
+
+TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
+CONFIGS = "configs/MDPR/Synthetic"
+
+
+class Variant(NamedTuple):
+    """One model of the comparison: its label, config and extra options."""
+
+    label: str
+    config: str
+    opts: tuple = ()
+
+
+VARIANTS = {
+    "baseline": Variant("Baseline", f"{CONFIGS}/baseline_R18.yml"),
+    "mdpr": Variant("MDPR", f"{CONFIGS}/mdpr_R18.yml"),
+    "mdpr_no_distillation": Variant(
+        "MDPR w/o distillation", f"{CONFIGS}/mdpr_R18.yml", ("MODEL.MDPR.DISTILLATION", "False")
+    ),
+    "mdpr_no_fusion": Variant(
+        "MDPR w/o fusion", f"{CONFIGS}/mdpr_R18.yml", ("MODEL.MDPR.FUSION", "False")
+    ),
+}
+ABLATIONS = ("mdpr_no_distillation", "mdpr_no_fusion")
+METRICS = ("mAP", "Rank-1")
+
+
+def _stats(values):
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(value, fmt):
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def descriptor_dim(eval_dir):
+    """Length of the descriptor of the model evaluated in ``eval_dir`` (from its saved config).
+
+    Builds the model on the CPU, untrained, and measures one evaluation forward pass.
+    """
+    import torch
+    from fastreid.modeling import build_model
+
+    import mdpr  # noqa: F401  (imported for registration of the MDPR meta-architecture)
+    from kdreid.config import get_cfg, merge_from_file
+
+    cfg = get_cfg()
+    merge_from_file(cfg, os.path.join(eval_dir, "config.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        return int(model(torch.zeros(1, 3, *cfg.INPUT.SIZE_TEST)).shape[1])
+
+
+def comparisons(variants):
+    """(better, reference) pairs: every variant against the baseline, MDPR against each ablation."""
+    pairs = [(v, "baseline") for v in variants if v != "baseline" and "baseline" in variants]
+    if "mdpr" in variants:
+        pairs += [("mdpr", a) for a in ABLATIONS if a in variants]
+    return pairs
+
+
+def evidence_table(seeds, runs, dims, opts):
+    """Markdown: per-seed metrics, mean ± std, paired differences with verdicts, speed.
+
+    Args:
+        seeds (list[int]): the seeds, in the order of each variant's runs.
+        runs (dict[str, list[Run]]): each variant's runs, one per seed.
+        dims (dict[str, int]): each variant's descriptor length.
+        opts (list[str]): the ``KEY VALUE`` options every run had.
+    """
+    first = next(iter(runs.values()))[0].record
+    lines = [
+        f"MDPR against its baseline on {first['dataset']} ({first['device_name']}): ResNet-18 "
+        f"trunk from scratch, {first['input_size'][0]}x{first['input_size'][1]} inputs, same "
+        "schedule and seeds for every variant"
+        + (f"; options for every run: `{' '.join(opts)}`." if opts else "."),
+        "",
+        "| variant | seed | mAP | Rank-1 | train (s) | train images/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, variant_runs in runs.items():
+        for seed, run in zip(seeds, variant_runs):
+            m = run.record["metrics"]
+            lines.append(
+                f"| {VARIANTS[name].label} | {seed} | {m['mAP']:.1f} | {m['Rank-1']:.1f} "
+                f"| {_fmt(run.train_seconds, '.0f')} | {_fmt(run.train_throughput, '.1f')} |"
+            )
+
+    stats = {
+        (name, metric): _stats([r.record["metrics"][metric] for r in variant_runs])
+        for name, variant_runs in runs.items()
+        for metric in METRICS
+    }
+    lines += ["", "| variant | mAP | Rank-1 |", "|---|---:|---:|"]
+    for name in runs:
+        cells = " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in (stats[name, k] for k in METRICS))
+        lines.append(f"| {VARIANTS[name].label} | {cells} |")
+
+    verdicts = []
+    pairs = comparisons(list(runs))
+    if pairs:
+        lines += ["", "| A − B (paired over seeds) | mAP | Rank-1 |", "|---|---:|---:|"]
+    for a, b in pairs:
+        cells = []
+        for metric in METRICS:
+            diffs = [
+                ra.record["metrics"][metric] - rb.record["metrics"][metric]
+                for ra, rb in zip(runs[a], runs[b])
+            ]
+            dm, ds = _stats(diffs)
+            cells.append(f"{dm:+.1f} ± {ds:.1f}")
+            spread = max(stats[a, metric][1], stats[b, metric][1])
+            la, lb = VARIANTS[a].label, VARIANTS[b].label
+            if len(seeds) < 2:
+                verdicts.append(f"- {metric}: {la} vs {lb}: {dm:+.1f}; one seed, no verdict.")
+            else:
+                verdicts.append(
+                    f"- {metric}: {la} {'beats' if dm > spread else 'does NOT beat'} {lb} by "
+                    f"more than the spread ({dm:+.1f} against a spread of {spread:.1f})."
+                )
+        lines.append(f"| {VARIANTS[a].label} − {VARIANTS[b].label} | {' | '.join(cells)} |")
+
+    lines += [
+        "",
+        "| variant | train images/s | eval images/s | latency (ms) | params (M) | mult-adds (G) "
+        "| descriptor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, variant_runs in runs.items():
+        records = [r.record for r in variant_runs]
+        rec = records[0]
+        lines.append(
+            f"| {VARIANTS[name].label} "
+            f"| {_fmt(_mean([r.train_throughput for r in variant_runs]), '.1f')} "
+            f"| {_fmt(_mean([r.get('throughput') for r in records]), '.0f')} "
+            f"| {_fmt(_mean([r.get('latency_ms') for r in records]), '.2f')} "
+            f"| {rec['params'] / 1e6:.2f} | {rec['macs'] / 1e9:.3f} | {dims[name]} |"
+        )
+    footer = [
+        "",
+        f"mean ± sample standard deviation over {len(seeds)} seed(s) "
+        f"({', '.join(map(str, seeds))}). Training images/s: images trained on over the "
+        "wall-clock seconds of the training process (start-up and evaluation included), mean "
+        "over seeds. Evaluation figures are "
+        f"--eval-only's: throughput at batch {rec.get('throughput_batch', '?')}, latency at "
+        "batch 1, parameters of the evaluated model (for MDPR, its training-only attention and "
+        "predictor modules included), multiply-adds per image, descriptor length.",
+        "",
+        *verdicts,
+    ]
+    return "\n".join(lines + footer)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
+        help=f"a subset of: {', '.join(VARIANTS)} (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--output-dir", default="logs/mdpr_evidence")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every run")
+    args = parser.parse_args(argv)
+    if args.opts[:1] == ["--"]:  # ends a --seeds or --variants list
+        args.opts = args.opts[1:]
+    if len(args.opts) % 2:
+        parser.error(f"options come in KEY VALUE pairs, got {args.opts}")
+    out = os.path.abspath(args.output_dir)
+    os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
+
+    variants = [v for v in VARIANTS if v in args.variants]  # in the table's order
+    runs = {v: [] for v in variants}
+    for seed in args.seeds:
+        for name in variants:
+            variant = VARIANTS[name]
+            run_dir = os.path.join(out, name, f"seed{seed}")
+            print(f"{variant.label}, seed {seed}: {run_dir}", flush=True)
+            run = train_and_record(
+                variant.label, variant.config, run_dir, seed, [*variant.opts, *args.opts],
+                train_net=TRAIN_NET,
+            )  # fmt: skip
+            m = run.record["metrics"]
+            print(
+                f"  mAP {m['mAP']:.1f}, Rank-1 {m['Rank-1']:.1f}, trained in "
+                f"{_fmt(run.train_seconds, '.0f')} s",
+                flush=True,
+            )
+            runs[name].append(run)
+
+    dims = {
+        name: descriptor_dim(os.path.join(out, name, f"seed{args.seeds[0]}", "eval"))
+        for name in variants
+    }
+    text = evidence_table(args.seeds, runs, dims, args.opts)
+    with open(os.path.join(out, "evidence.md"), "w") as f:
+        f.write(text + "\n")
+    print("\n" + text + f"\n\nWrote {out}/evidence.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Train-then-benchmark runs of a project's ``train_net.py``, each in its own process, for demos
+and benchmarks: every run trains a config into its own folder (resuming if it was interrupted),
+then ``--eval-only`` writes its speed/accuracy record (:mod:`kdreid.benchmark`). A run whose
+record exists is not repeated.
+
+Any project's ``train_net.py`` trains any FastReID config its package can build; the caller names
+the one to use (``train_net``), so this module knows no project.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import yaml
+
+__all__ = ["REPO", "Run", "run_logged", "train_and_record", "training_images"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The repository root (the folder holding the ``kdreid`` package): commands run from here."""
+
+_START = re.compile(r"Starting training from epoch (\d+)")
+_STEP = re.compile(r"epoch/iter: (\d+)/(\d+)")
+
+
+@dataclass
+class Run:
+    """A finished run.
+
+    Attributes:
+        weights: its checkpoint.
+        record: its speed/accuracy record (:mod:`kdreid.benchmark`).
+        train_seconds: wall-clock seconds of the training process (start-up, evaluations during
+            training and the final one included); ``None`` if it was trained elsewhere.
+        train_images: images that process trained on (iterations × ``SOLVER.IMS_PER_BATCH``);
+            ``None`` if it was trained elsewhere or its log does not tell.
+    """
+
+    weights: str
+    record: dict
+    train_seconds: float | None
+    train_images: int | None = None
+
+    @property
+    def train_throughput(self) -> float | None:
+        """Training images per wall-clock second, or ``None`` where either figure is unknown."""
+        if not self.train_seconds or self.train_images is None:
+            return None
+        return self.train_images / self.train_seconds
+
+
+def run_logged(cmd, log_path, echo=None):
+    """Run ``cmd`` from the repository root with its output in ``log_path``.
+
+    Args:
+        cmd (list[str]): the command.
+        log_path (str): where its stdout and stderr go.
+        echo (callable | None): called with each output line that reports training progress
+            (FastReID's ``eta:`` lines), e.g. to show them on the console.
+
+    Returns:
+        float: seconds it ran.
+
+    Raises:
+        RuntimeError: it failed; the message names the log and repeats its last lines.
+    """
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.perf_counter()
+    tail = []
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in proc.stdout:
+            log.write(line)
+            tail = (tail + [line.rstrip()])[-5:]
+            if echo is not None and "eta:" in line:
+                echo(line.rstrip())
+        proc.wait()
+    if proc.returncode:
+        last = "\n    ".join(tail)
+        raise RuntimeError(f"failed (exit {proc.returncode}), see {log_path}:\n    {last}")
+    return time.perf_counter() - start
+
+
+def training_images(log_path, config_path):
+    """Images one training process went through, from its log and its saved config.
+
+    FastReID logs ``Starting training from epoch S`` and, at every epoch's last iteration,
+    ``epoch/iter: E/I`` (the epoch and the global iteration, both from 0). The last such line
+    is the last iteration, so with n iterations per epoch ``I + 1 = (E + 1) n``, and the
+    process ran ``(E + 1 - S) n`` iterations of ``SOLVER.IMS_PER_BATCH`` images (read from
+    ``config_path``, the ``config.yaml`` FastReID saves in ``OUTPUT_DIR``).
+
+    Args:
+        log_path (str): the training process's output.
+        config_path (str): its full config.
+
+    Returns:
+        int | None: the number of images, or ``None`` if a file is missing or the log has no
+        training (e.g. it resumed a finished run).
+    """
+    if not (os.path.isfile(log_path) and os.path.isfile(config_path)):
+        return None
+    start, last = None, None
+    with open(log_path) as f:
+        for line in f:
+            if (m := _START.search(line)) is not None:
+                start = int(m.group(1))
+            elif start is not None and (m := _STEP.search(line)) is not None:
+                last = int(m.group(1)), int(m.group(2))
+    if last is None:
+        return None
+    epoch, iteration = last
+    per_epoch, remainder = divmod(iteration + 1, epoch + 1)
+    if remainder:
+        return None  # the last line is not an epoch's end: the log was cut short
+    with open(config_path) as f:
+        batch = yaml.safe_load(f)["SOLVER"]["IMS_PER_BATCH"]
+    return (epoch + 1 - start) * per_epoch * batch
+
+
+def _read_training(time_path, output_dir):
+    """Seconds and images of a training recorded in ``time_path``; ``(None, None)`` if none.
+
+    Records written before images were counted have seconds only: their images are counted from
+    the training log if it is still there.
+    """
+    if not os.path.isfile(time_path):
+        return None, None
+    with open(time_path) as f:
+        timing = json.load(f)
+    images = timing.get("images")
+    if images is None:
+        images = training_images(
+            os.path.join(output_dir, "train.out"), os.path.join(output_dir, "config.yaml")
+        )
+    return timing["seconds"], images
+
+
+def train_and_record(
+    name, config, output_dir, seed, opts=(), echo=None, weights=None, *, train_net
+):
+    """Train ``config`` into ``output_dir`` unless done, then write and return its record.
+
+    Args:
+        name (str): the record's name (``KDREID.NAME``).
+        config (str): a config file, relative to the repository root or absolute.
+        output_dir (str): the run's folder; the record goes to ``<output_dir>/eval``.
+        seed (int): ``KDREID.SEED``.
+        opts (Sequence[str]): more ``KEY VALUE`` options, for training and evaluation alike (a
+            model option such as ``MODEL.MDPR.FUSION False`` must reach both).
+        echo (callable | None): see :func:`run_logged`.
+        weights (str | None): a checkpoint trained elsewhere: evaluate it, do not train.
+        train_net (str): the ``train_net.py`` that trains and evaluates (a project's, whose
+            package registers the models the config names).
+
+    Returns:
+        Run
+    """
+    record_path = os.path.join(output_dir, "eval", "speed_accuracy.json")
+    trained_elsewhere = weights is not None
+    weights = os.path.abspath(weights) if weights else os.path.join(output_dir, "model_final.pth")
+    common = ["KDREID.PROGRESS", "False", "KDREID.SEED", str(seed)]
+    time_path = os.path.join(output_dir, "train_seconds.json")
+    if not os.path.isfile(record_path):
+        if not trained_elsewhere and not os.path.isfile(weights):
+            log_path = os.path.join(output_dir, "train.out")
+            seconds = run_logged(
+                [sys.executable, train_net, "--config-file", config, "--resume",
+                 "OUTPUT_DIR", output_dir, *common, *opts],
+                log_path,
+                echo,
+            )  # fmt: skip
+            images = training_images(log_path, os.path.join(output_dir, "config.yaml"))
+            with open(time_path, "w") as f:
+                json.dump({"seconds": seconds, "images": images}, f)
+        run_logged(
+            [sys.executable, train_net, "--config-file", config, "--eval-only", *opts,
+             "MODEL.WEIGHTS", weights, "OUTPUT_DIR", os.path.join(output_dir, "eval"),
+             "KDREID.NAME", name, *common],
+            os.path.join(output_dir, "eval.out"),
+        )  # fmt: skip
+    seconds, images = _read_training(time_path, output_dir)
+    with open(record_path) as f:
+        return Run(weights=weights, record=json.load(f), train_seconds=seconds, train_images=images)

@@ -1,0 +1,94 @@
+"""kdreid.runs: train-then-benchmark runs in their own processes (what demos and evidence
+benchmarks are made of)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from kdreid.runs import Run, run_logged, train_and_record, training_images
+
+from .conftest import REPO
+
+TINY = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
+
+TRAIN_NET = """\
+from kdreid.engine import default_argument_parser, launch_main
+
+launch_main(default_argument_parser().parse_args())
+"""
+
+
+def test_a_run_trains_once_and_records(datasets_root, tmp_path, monkeypatch):
+    """SynthReID-tiny has 96 training images: 96 // 16 = 6 iterations of 16 in the one epoch."""
+    monkeypatch.setenv("FASTREID_DATASETS", str(datasets_root))
+    train_net = tmp_path / "train_net.py"  # the core's own: plain FastReID models only
+    train_net.write_text(TRAIN_NET)
+    lines = []
+    run = train_and_record(
+        "tiny", TINY, str(tmp_path / "run"), seed=3,
+        opts=["SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "KDREID.LOG_PERIOD", "2"],
+        echo=lines.append, train_net=str(train_net),
+    )  # fmt: skip
+    assert run.record["name"] == "tiny" and run.record["macs"] > 0
+    assert run.train_seconds > 0 and os.path.isfile(run.weights)
+    assert run.train_images == 96
+    assert run.train_throughput == pytest.approx(96 / run.train_seconds)
+    assert lines and all("eta:" in line for line in lines)
+    stamp = os.path.getmtime(run.weights)
+    again = train_and_record("tiny", TINY, str(tmp_path / "run"), 3, train_net=str(train_net))
+    assert again == run
+    assert os.path.getmtime(run.weights) == stamp  # not trained again
+
+
+def _log(tmp_path, lines, batch=16):
+    log = tmp_path / "train.out"
+    log.write_text("".join(f"[11/21 09:11:29 x]: {line}\n" for line in lines))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"SOLVER:\n  IMS_PER_BATCH: {batch}\nTEST:\n  IMS_PER_BATCH: 128\n")
+    return str(log), str(config)
+
+
+def test_training_images_counts_this_process_only(tmp_path):
+    """Resumed at epoch 2, last line epoch 4 iteration 19: 20 iterations in 5 epochs, 4 each; this
+    process ran epochs 2, 3, 4: 12 iterations of 16 images."""
+    log, config = _log(
+        tmp_path,
+        [
+            "Resumed from model_0001.pth: continuing at epoch 2 (iteration 8) of 5",
+            "Starting training from epoch 2",
+            " eta: 0:00:09  epoch/iter: 2/9  total_loss: 6.7",
+            " eta: 0:00:07  epoch/iter: 2/11  total_loss: 6.7",
+            " eta: 0:00:00  epoch/iter: 4/19  total_loss: 6.1",
+            "Overall training speed: 10 iterations in 0:00:10 (1.0000 s / it)",
+        ],
+    )
+    assert training_images(log, config) == 192
+
+
+def test_training_images_unknown(tmp_path):
+    cut, config = _log(tmp_path, ["Starting training from epoch 0", "epoch/iter: 1/6  loss: 1"])
+    assert training_images(cut, config) is None  # 7 iterations in 2 epochs: not an epoch's end
+    finished, _ = _log(tmp_path, ["Training already finished (epoch 5 of 5)"])
+    assert training_images(finished, config) is None
+    assert training_images(str(tmp_path / "missing.out"), config) is None
+
+
+def test_old_timings_count_their_images_from_the_log(tmp_path):
+    """A run recorded before images were counted ({"seconds"} only) reads them from its log."""
+    run_dir = tmp_path / "run"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "eval" / "speed_accuracy.json").write_text(json.dumps({"name": "old"}))
+    (run_dir / "train_seconds.json").write_text(json.dumps({"seconds": 12.0}))
+    _log(run_dir, ["Starting training from epoch 0", "epoch/iter: 1/11  loss: 1"], batch=8)
+    run = train_and_record("old", TINY, str(run_dir), 0, train_net="unused")
+    assert run == Run(str(run_dir / "model_final.pth"), {"name": "old"}, 12.0, 96)
+    assert run.train_throughput == 8.0
+
+
+def test_a_failed_command_names_its_log(tmp_path):
+    log = tmp_path / "out" / "fail.log"
+    with pytest.raises(RuntimeError, match=r"exit 3.*fail\.log:\n    boom"):
+        run_logged([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], str(log))
+    assert log.read_text() == "boom\n"
