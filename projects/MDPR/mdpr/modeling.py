@@ -621,6 +621,31 @@ class MDPR(nn.Module):
             for module, training in modes:
                 module.training = training
 
-    def deployed_model(self) -> nn.Module:
-        """The model ``--eval-only`` times and exports: itself (evaluation skips the attention)."""
-        return self
+    # Modules that only training (and the attention pictures) use: the descriptor never reads them.
+    TRAINING_ONLY = ("attn_bap_feature4_head", "attn_bap_feature3_head", "predictor1", "predictor2")
+    TRAINING_ONLY_GENERATE = (
+        "attention_maker4",
+        "up_attn_4_3",
+        "attention_maker3",
+        "attn_bap3",
+        "attn_bap4",
+    )
+
+    def deployed_model(self) -> "MDPR":
+        """The model ``--eval-only`` times and ``tools/export_onnx.py`` exports: this model in
+        evaluation mode without its training-only modules (attention makers and guide, BAP, the
+        BAP heads, the predictors), sharing its parameters.
+
+        Its descriptor is this model's; its parameter count is what inference holds.
+        """
+        deployed = copy.copy(self)
+        deployed._modules = dict(self._modules)
+        generate = copy.copy(self.generate)
+        generate._modules = dict(self.generate._modules)
+        for name in self.TRAINING_ONLY_GENERATE:
+            generate._modules[name] = None
+        deployed._modules["generate"] = generate
+        for name in self.TRAINING_ONLY:
+            deployed._modules[name] = None
+        deployed.skip_unused_in_eval = True
+        return deployed.eval()

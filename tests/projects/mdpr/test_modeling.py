@@ -248,6 +248,30 @@ def test_attention_maps_restore_every_modules_mode():
     assert model.generate.backbone_part.training
 
 
+def test_deployed_model_leaves_training_only_modules_out():
+    """Same descriptor, fewer parameters (attention, BAP, BAP heads, predictors left out), shared
+    weights, and the training model keeps everything."""
+    model = _model().eval()
+    deployed = model.deployed_model()
+    keys = set(deployed.state_dict())
+    left_out = set(model.state_dict()) - keys
+    assert keys < set(model.state_dict())
+    prefixes = {k.split(".")[0] if not k.startswith("generate.") else ".".join(k.split(".")[:2])
+                for k in left_out}  # fmt: skip
+    assert prefixes == {
+        "attn_bap_feature4_head", "attn_bap_feature3_head", "predictor1", "predictor2",
+        "generate.attention_maker4", "generate.up_attn_4_3", "generate.attention_maker3",
+        "generate.attn_bap3", "generate.attn_bap4",
+    }  # fmt: skip
+    images = _batch()["images"]
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(images), model(images), rtol=0, atol=0)
+    assert deployed.generate.backbone[0].weight is model.generate.backbone[0].weight
+    assert model.generate.attention_maker4 is not None
+    model.train()
+    assert len(model(_batch())) == 19
+
+
 def test_batch_of_one_in_evaluation_and_images_untouched():
     model = _model().eval()
     images = _batch()["images"]
