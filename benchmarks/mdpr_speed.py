@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -178,11 +179,16 @@ def time_training(model, batch, steps, amp, device):
             times.append(time.perf_counter() - start)
     model.load_state_dict(state)
     n = batch["images"].shape[0]
+    if device.type == "cuda":
+        peak_gb = torch.cuda.max_memory_allocated(device) / 2**30
+    else:  # the process's peak resident memory so far (Linux reports KiB)
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "images_per_s": n / statistics.median(times),
         "step_s": statistics.median(times),
         "steps": len(times),
         "device_waits_per_step": waits,
+        "peak_memory_gb": peak_gb,
         "losses": first,
     }
 
@@ -204,13 +210,12 @@ def profile_step(model, batch, amp, device, path, rows=15):
 
 
 def evaluation(model, cfg, device, batch):
-    """Profile records of the descriptor with the attention skipped and computed."""
-    out = {}
-    for name, skip in (("skipped", True), ("computed", False)):
-        model.skip_unused_in_eval = skip
-        out[name] = profile_model(
-            model, tuple(cfg.INPUT.SIZE_TEST), device=device, batch_size=batch
-        )
+    """Profile records of the deployed descriptor (attention and BAP skipped, training-only
+    modules left out: ``MDPR.deployed_model``) and of the full model computing them."""
+    size = tuple(cfg.INPUT.SIZE_TEST)
+    out = {"skipped": profile_model(model.deployed_model(), size, device=device, batch_size=batch)}
+    model.skip_unused_in_eval = False
+    out["computed"] = profile_model(model, size, device=device, batch_size=batch)
     model.skip_unused_in_eval = True
     return out
 
@@ -226,13 +231,14 @@ def markdown(result):
         f"Training step (forward, {len(ours['losses'])} loss terms, backward, Adam), "
         f"batch {result['batch']}, median of {ours['steps']} steps:",
         "",
-        "| loss path | images/s | s per step | device waits (forward + losses + backward) |",
-        "|---|---:|---:|---:|",
+        "| loss path | images/s | s per step | device waits (forward + losses + backward) "
+        "| peak memory |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, r in (("ours (sync-free)", ours), ("official-style", official)):
         lines.append(
             f"| {name} | {r['images_per_s']:.2f} | {r['step_s']:.3f} "
-            f"| {r['device_waits_per_step']} |"
+            f"| {r['device_waits_per_step']} | {r['peak_memory_gb']:.1f} GB |"
         )
     lines += [
         "",
@@ -241,18 +247,34 @@ def markdown(result):
         "",
         f"Evaluation (descriptor {e['skipped']['feature_dim']}-d):",
         "",
-        "| attention and BAP | multiply-adds per image | latency at batch 1 | "
+        "| attention and BAP | parameters | multiply-adds per image | latency at batch 1 | "
         f"throughput at batch {e['skipped']['throughput_batch']} |",
-        "|---|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name in ("skipped", "computed"):
+    for name, label in (
+        ("skipped", "skipped (deployed model)"),
+        ("computed", "computed (as the official forward)"),
+    ):
         r = e[name]
         lines.append(
-            f"| {name} | {r['macs'] / 1e9:.2f} G | {r['latency_ms']:.1f} ms "
-            f"| {r['throughput']:.1f} images/s |"
+            f"| {label} | {r['params'] / 1e6:.1f} M | {r['macs'] / 1e9:.2f} G "
+            f"| {r['latency_ms']:.1f} ms | {r['throughput']:.1f} images/s |"
         )
     saved = 1 - e["skipped"]["macs"] / e["computed"]["macs"]
-    lines += ["", f"Skipping saves {100 * saved:.1f}% of the multiply-adds."]
+    cpu = result["device"] == "cpu"
+    lines += [
+        "",
+        f"Skipping saves {100 * saved:.1f}% of the multiply-adds.",
+        "",
+        "Peak memory: "
+        + (
+            "the process's peak resident memory (model, Adam state, activations). On a GPU the "
+            "official-style diversity loss also waits once per matrix element (B·M² per level), "
+            "which a count on the CPU cannot see."
+            if cpu
+            else "the largest CUDA allocation."
+        ),
+    ]
     return "\n".join(lines)
 
 
