@@ -258,6 +258,25 @@ def weights_only_checkpoints():
     Checkpointer._load_file = _load_file
 
 
+def short_run_metric_printer():
+    """FastReID's ``CommonMetricPrinter`` divides by zero when it writes twice at one iteration
+    before any step time is recorded (a run of one or two iterations: the last step and the end
+    of training both write). The second write of an iteration is skipped."""
+    from fastreid.utils.events import CommonMetricPrinter
+
+    write = CommonMetricPrinter.write
+
+    def _write(self):
+        from fastreid.utils.events import get_event_storage
+
+        last = getattr(self, "_last_write", None)
+        if last is not None and last[0] == get_event_storage().iter:
+            return
+        write(self)
+
+    CommonMetricPrinter.write = _write
+
+
 _REPAIRS = (
     restore_collections_aliases,
     provide_torch_six,
@@ -268,6 +287,7 @@ _REPAIRS = (
     no_runtime_cython,
     verify_results_raises,
     weights_only_checkpoints,
+    short_run_metric_printer,
 )
 
 

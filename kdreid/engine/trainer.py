@@ -19,7 +19,7 @@ from kdreid.engine.hooks import DistillationWarmup
 from kdreid.errors import ConfigError
 from kdreid.evaluation import ReidEvaluator
 
-__all__ = ["Trainer", "ProgressLoader", "check_freeze_layers"]
+__all__ = ["Trainer", "ProgressLoader", "check_batch_fits", "check_freeze_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,33 @@ def check_freeze_layers(cfg, model):
         )
 
 
+def check_batch_fits(cfg, dataset):
+    """A training batch must be drawable from ``dataset``.
+
+    Raises:
+        ConfigError: ``SOLVER.IMS_PER_BATCH`` exceeds the training images, or an identity sampler
+            needs more identities per batch (``IMS_PER_BATCH / DATALOADER.NUM_INSTANCE``) than the
+            training set has.
+    """
+    batch = cfg.SOLVER.IMS_PER_BATCH
+    images = len(dataset)
+    if batch > images:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {batch} is more than the {images} training images of "
+            f"{', '.join(cfg.DATASETS.NAMES)}: use a smaller batch."
+        )
+    if "Identity" in cfg.DATALOADER.SAMPLER_TRAIN and hasattr(dataset, "pids"):
+        per_batch = batch // cfg.DATALOADER.NUM_INSTANCE
+        identities = len(set(dataset.pids))
+        if per_batch > identities:
+            raise ConfigError(
+                f"{cfg.DATALOADER.SAMPLER_TRAIN} draws SOLVER.IMS_PER_BATCH / "
+                f"DATALOADER.NUM_INSTANCE = {batch} / {cfg.DATALOADER.NUM_INSTANCE} = {per_batch} "
+                f"identities per batch, but the training set has {identities}: use a smaller "
+                "batch or more instances per identity."
+            )
+
+
 class Trainer(DefaultTrainer):
     """FastReID's default training loop, evaluated by :class:`kdreid.evaluation.ReidEvaluator`."""
 
@@ -143,6 +170,14 @@ class Trainer(DefaultTrainer):
             self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
         return super().train()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """FastReID's training loader, refused when no batch can be drawn from the training set
+        (FastReID's identity samplers would then loop forever without yielding)."""
+        loader = super().build_train_loader(cfg)
+        check_batch_fits(cfg, loader.dataset)
+        return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -128,6 +128,27 @@ def test_freeze_layers_that_the_model_does_not_have(fastreid_root, tmp_path):
     Trainer(cfg)  # a real top-level module: accepted
 
 
+def test_batches_that_cannot_be_drawn_are_refused(fastreid_root, tmp_path):
+    """FastReID's identity sampler loops forever, yielding nothing, when a batch needs more
+    identities than the training set has; the trainer says so before starting."""
+    with pytest.raises(ConfigError, match=r"SOLVER.IMS_PER_BATCH 100000 is more than the \d+"):
+        Trainer(_tiny_cfg(tmp_path, **{"SOLVER.IMS_PER_BATCH": 100000}))
+    cfg = _tiny_cfg(tmp_path, **{"SOLVER.IMS_PER_BATCH": 17, "DATALOADER.NUM_INSTANCE": 1})
+    with pytest.raises(ConfigError, match="17 identities per batch, but the training set has 16"):
+        Trainer(cfg)
+
+
+def test_a_run_of_one_iteration(fastreid_root, tmp_path):
+    """One iteration per epoch, one epoch: FastReID's metric printer writes twice at that
+    iteration before any step time exists, and divided by zero."""
+    cfg = _tiny_cfg(tmp_path, **{"SOLVER.IMS_PER_BATCH": 64, "SOLVER.MAX_EPOCH": 1})
+    trainer = Trainer(cfg)
+    assert trainer.iters_per_epoch == 1
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert os.path.isfile(tmp_path / "model_final.pth")
+
+
 def test_eval_period_zero_evaluates_once_at_the_end(fastreid_root, tmp_path):
     cfg = _tiny_cfg(tmp_path, **{"TEST.EVAL_PERIOD": 0, "SOLVER.MAX_EPOCH": 2})
     trainer = Trainer(cfg)
