@@ -167,9 +167,25 @@ def report_user_errors(fn, *args):
     try:
         return fn(*args)
     except UserInputError as exc:
-        logger.debug("User input error", exc_info=True)
+        _log_to_files_only("User input error", exc)
         print(f"error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _log_to_files_only(message, exc):
+    """Write ``message`` with ``exc``'s traceback to the run's log files (``OUTPUT_DIR/log.txt``),
+    not to the console, where bad input is one line."""
+    record = logger.makeRecord(
+        logger.name, logging.DEBUG, __file__, 0, message, None, (type(exc), exc, exc.__traceback__)
+    )
+    seen = set()
+    for name in ("kdreid", "fastreid", ""):
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            if id(handler) in seen or stream in (sys.stdout, sys.stderr, sys.__stdout__, None):
+                continue
+            seen.add(id(handler))
+            handler.handle(record)
 
 
 def _main_reporting_errors(args, trainer_cls):

@@ -8,7 +8,12 @@ not on disk, and reports how far ``--resume`` got.
 import logging
 import os
 
-from fastreid.data.build import _test_loader_from_config, build_reid_test_loader
+from fastreid.data.build import (
+    _test_loader_from_config,
+    build_reid_test_loader,
+    build_reid_train_loader,
+)
+from fastreid.data.transforms import build_transforms as fastreid_transforms
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.utils import comm
@@ -175,14 +180,27 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         """FastReID's training loader, refused when no batch can be drawn from the training set
         (FastReID's identity samplers would then loop forever without yielding)."""
-        loader = super().build_train_loader(cfg)
+        logger.info("Prepare training set")
+        loader = build_reid_train_loader(
+            cfg,
+            transforms=cls.build_transforms(cfg, is_train=True),
+            combineall=cfg.DATASETS.COMBINEALL,
+        )
         check_batch_fits(cfg, loader.dataset)
         return loader
 
     @classmethod
+    def build_transforms(cls, cfg, is_train):
+        """The image transforms of the training (``is_train``) or test loader: FastReID's.
+        Projects that change what the model sees (a view crop, say) override this alone."""
+        return fastreid_transforms(cfg, is_train=is_train)
+
+    @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         """FastReID's test loader, with ``DATALOADER.NUM_WORKERS`` workers (FastReID fixes 4)."""
-        kwargs = _test_loader_from_config(cfg, dataset_name=dataset_name)
+        kwargs = _test_loader_from_config(
+            cfg, dataset_name=dataset_name, transforms=cls.build_transforms(cfg, is_train=False)
+        )
         return build_reid_test_loader(**kwargs, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod

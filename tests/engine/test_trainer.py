@@ -209,6 +209,24 @@ def test_cli_unknown_key_is_named(datasets_root):
     assert "Traceback" not in out
 
 
+def test_bad_input_after_logging_started_is_one_line(datasets_root, tmp_path):
+    """An error found while building the model (logging is set up by then) prints one line; the
+    traceback goes to the run's log file only."""
+    mdpr_tiny = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")
+    proc = _run(
+        "MDPR", "--config-file", mdpr_tiny, "MODEL.MDPR.NUM_STRIPES", "0",
+        "OUTPUT_DIR", str(tmp_path), env=_env(datasets_root),
+    )  # fmt: skip
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert out.rstrip().splitlines()[-1] == (
+        "error: MODEL.MDPR.NUM_STRIPES must be at least 1, got 0."
+    )
+    assert "Traceback" not in out
+    with open(tmp_path / "log.txt") as f:
+        assert "Traceback" in f.read()
+
+
 def test_resume_after_a_killed_run(datasets_root, tmp_path):
     """SIGKILL a run after its second checkpoint; --resume continues from that epoch to the end."""
     opts = [
