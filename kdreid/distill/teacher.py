@@ -79,6 +79,7 @@ class FrozenTeacher(nn.Module):
         self.input_size = tuple(input_size) if input_size else None
         self.feature_dim = feature_dim
         self.name = name
+        self.cfg = None  # the teacher's config when built by from_config
 
     @property
     def model(self) -> nn.Module:
@@ -190,6 +191,8 @@ class FrozenTeacher(nn.Module):
             feature_dim=embedding_dim(cfg),
             name=config_file,
         )
+        cfg.freeze()
+        teacher.cfg = cfg  # its full config, for projects that need more of it (a view, say)
         logger.info(
             "Teacher %s: %s from %s, %d identities, input %s",
             config_file,
