@@ -16,6 +16,7 @@ import sys
 
 import torch
 from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
@@ -24,7 +25,7 @@ from kdreid.benchmark import format_record, profile_model, write_record
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
 from kdreid.engine.checkpoint import load_weights_strict
 from kdreid.engine.trainer import Trainer
-from kdreid.errors import UserInputError
+from kdreid.errors import ConfigError, UserInputError
 
 __all__ = [
     "default_argument_parser",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Loggers shown on the console and written to OUTPUT_DIR/log.txt (FastReID sets up its own).
+LOGGERS = ("kdreid", "mdpr", "factorized_kd", "speed_kd")
 
 
 def seed(cfg):
@@ -60,7 +64,8 @@ def setup(args):
         merge_from_file(cfg, args.config_file)
     merge_from_list(cfg, args.opts or [])
     default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kdreid")
+    for name in LOGGERS:
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
     seed(cfg)
     resolve_device(cfg)
     cfg.freeze()
@@ -76,6 +81,15 @@ def main(args, trainer_cls=Trainer):
     cfg = setup(args)
     if args.eval_only:
         return evaluate_only(cfg, trainer_cls, config_file=args.config_file)
+    try:
+        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    except KeyError:
+        arch = None  # FastReID's build_model reports it
+    if not getattr(arch, "trainable", True):
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} is an evaluation-only model: "
+            "run it with --eval-only."
+        )
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
@@ -101,12 +115,19 @@ def evaluate_only(cfg, trainer_cls=Trainer, config_file=""):
         cfg.KD.MODEL_WEIGHTS = []
     cfg.freeze()
     model = trainer_cls.build_model(cfg)
-    load_weights_strict(model, cfg.MODEL.WEIGHTS)
+    if getattr(model, "needs_weights", True):
+        load_weights_strict(model, cfg.MODEL.WEIGHTS)
+    elif cfg.MODEL.WEIGHTS:
+        raise ConfigError(
+            f"MODEL.WEIGHTS '{cfg.MODEL.WEIGHTS}' is not used by {type(model).__name__}, which is "
+            "built complete from its config: leave MODEL.WEIGHTS empty."
+        )
     if cfg.KDREID.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
     results = trainer_cls.test(cfg, model)
     if cfg.KDREID.SPEED and comm.is_main_process():
         record = speed_accuracy_record(cfg, deployed_model(model), results, config_file)
+        record.update(getattr(model, "record_extras", dict)())
         logger.info("Speed and accuracy:\n%s", format_record(record))
         path = os.path.join(cfg.OUTPUT_DIR, "speed_accuracy.json")
         write_record(path, record)

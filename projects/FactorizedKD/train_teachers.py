@@ -1,0 +1,153 @@
+"""Train FactorizedKD's partial teachers one after another, then set up their ensemble.
+
+    python projects/FactorizedKD/train_teachers.py \
+        --config-file configs/FactorizedKD/<dataset>/teacher.yml --output-dir logs/fkd/<dataset> \
+        [--views Up1 Mid1 Dn1 Up2 Mid2 Dn2] [--seed 0] [KEY VALUE ...]
+
+Each view is one run of ``projects/FactorizedKD/train_net.py`` in its own process, with
+``MODEL.FKD.VIEW <view> OUTPUT_DIR <output-dir>/<view>`` and the ``KEY VALUE`` options (e.g.
+``MODEL.BACKBONE.PRETRAIN_PATH /path/to/resnet50.pth``), then evaluated alone on its view
+(``<view>/eval/speed_accuracy.json``): :func:`kdreid.runs.train_and_record`. Run it again after
+an interruption: a view whose ``model_final.pth`` exists is not trained again, an interrupted one
+resumes from its last checkpoint, an evaluated one is skipped.
+
+Finally it writes ``<output-dir>/ensemble.yml`` (the dataset's ``ensemble.yml``, next to the
+teacher config, with ``MODEL.FKD.TEACHERS``: each view's saved ``config.yaml``, which holds its
+view, and ``MODEL.FKD.TEACHER_WEIGHTS``) and prints the command that evaluates the ensemble.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+from factorized_kd.views import PARTIAL_VIEWS
+from kdreid.runs import train_and_record
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAIN_NET = os.path.join(HERE, "train_net.py")
+EVALUATE_ENSEMBLE = os.path.join(HERE, "evaluate_ensemble.py")
+
+
+def train_teachers(config, output_dir, views=PARTIAL_VIEWS, seed=0, opts=(), echo=print,
+                   train_net=TRAIN_NET):  # fmt: skip
+    """Train and evaluate one teacher per view, skipping what is done.
+
+    Args:
+        config (str): the teacher config (its ``MODEL.FKD.VIEW`` is overridden per view).
+        output_dir (str): the runs go to ``<output_dir>/<view>``.
+        views (Sequence[str]): the views, in training order.
+        seed (int): ``KDREID.SEED`` of every run.
+        opts (Sequence[str]): more ``KEY VALUE`` options for every run.
+        echo (callable | None): called with progress lines.
+        train_net (str): the ``train_net.py`` that trains and evaluates.
+
+    Returns:
+        dict[str, kdreid.runs.Run]: the finished run of each view.
+
+    Raises:
+        ValueError: an unknown or repeated view.
+        RuntimeError: a run failed (the message names its log).
+    """
+    unknown = [v for v in views if v not in PARTIAL_VIEWS]
+    if unknown or len(set(views)) != len(views):
+        raise ValueError(
+            f"views must be distinct partial views ({', '.join(PARTIAL_VIEWS)}); got {list(views)}"
+        )
+    runs = {}
+    for view in views:
+        run_dir = os.path.join(output_dir, view)
+        if echo is not None:
+            echo(f"[{view}] {run_dir}")
+        runs[view] = train_and_record(
+            f"fkd_teacher_{view}", config, run_dir, seed, opts=["MODEL.FKD.VIEW", view, *opts],
+            echo=echo, train_net=train_net,
+        )  # fmt: skip
+    return runs
+
+
+def ensemble_options(output_dir, views):
+    """``MODEL.FKD.TEACHERS`` and ``TEACHER_WEIGHTS`` of the teachers trained into ``output_dir``.
+
+    Returns:
+        list[str]: ``KEY VALUE`` options; the teachers' configs are the ``config.yaml`` each
+        training saved (it holds the view).
+
+    Raises:
+        FileNotFoundError: a view's ``config.yaml`` or ``model_final.pth`` is missing.
+    """
+    configs = [os.path.join(output_dir, v, "config.yaml") for v in views]
+    weights = [os.path.join(output_dir, v, "model_final.pth") for v in views]
+    missing = [p for p in configs + weights if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"teacher files missing: {', '.join(missing)}")
+    return ["MODEL.FKD.TEACHERS", repr(configs), "MODEL.FKD.TEACHER_WEIGHTS", repr(weights)]
+
+
+def write_ensemble_config(path, base, options):
+    """Write an ensemble config: ``base`` (an ``ensemble.yml``) with the teachers of ``options``.
+
+    Args:
+        path (str): the file to write.
+        base (str): the ensemble config it inherits.
+        options (list[str]): :func:`ensemble_options`.
+    """
+    teachers, weights = options[1], options[3]
+    with open(path, "w") as f:
+        f.write(
+            "# Written by projects/FactorizedKD/train_teachers.py: the teachers it trained.\n"
+            f"_BASE_: {os.path.abspath(base)}\n\nMODEL:\n  FKD:\n"
+            f"    TEACHERS: {teachers}\n    TEACHER_WEIGHTS: {weights}\n"
+        )
+
+
+def _summary(runs):
+    lines = []
+    for view, run in runs.items():
+        m = run.record.get("metrics", {})
+        lines.append(f"  {view:<5} mAP {m.get('mAP', float('nan')):6.2f}  "
+                     f"Rank-1 {m.get('Rank-1', float('nan')):6.2f}  {run.weights}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train FactorizedKD's partial teachers.")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="a teacher config")
+    parser.add_argument("--output-dir", required=True, help="one folder per view goes here")
+    parser.add_argument("--views", nargs="+", default=list(PARTIAL_VIEWS), choices=PARTIAL_VIEWS)
+    parser.add_argument("--seed", type=int, default=0, help="KDREID.SEED of every run")
+    parser.add_argument(
+        "--ensemble-config", default=None, metavar="FILE",
+        help="the ensemble config to inherit (default: ensemble.yml next to --config-file)",
+    )  # fmt: skip
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE options for every run")
+    args = parser.parse_args(argv)
+    output_dir = os.path.abspath(args.output_dir)
+    config = os.path.abspath(args.config_file)
+    if not os.path.isfile(config):
+        parser.error(f"--config-file '{args.config_file}' does not exist")
+    try:
+        runs = train_teachers(
+            config, output_dir, args.views, args.seed, args.opts, train_net=TRAIN_NET
+        )
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Teachers, each on its view:\n{_summary(runs)}")
+    options = ensemble_options(output_dir, args.views)
+    base = args.ensemble_config or os.path.join(os.path.dirname(config), "ensemble.yml")
+    evaluate = [sys.executable, os.path.relpath(EVALUATE_ENSEMBLE)]
+    if os.path.isfile(base):
+        path = os.path.join(output_dir, "ensemble.yml")
+        write_ensemble_config(path, base, options)
+        command = [*evaluate, "--config-file", path]
+    else:
+        print(f"No ensemble config at {base}: pass --ensemble-config, or use these options.")
+        command = [*evaluate, "--config-file", "<ensemble config>", *options]
+    command += ["OUTPUT_DIR", os.path.join(output_dir, "ensemble")]
+    print("Evaluate the ensemble with:\n  " + " ".join(map(shlex.quote, command)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
