@@ -186,8 +186,8 @@ def evidence_table(seeds, runs, dims, opts):
         "wall-clock seconds of the training process (start-up and evaluation included), mean "
         "over seeds. Evaluation figures are "
         f"--eval-only's: throughput at batch {rec.get('throughput_batch', '?')}, latency at "
-        "batch 1, parameters of the evaluated model (for MDPR, its training-only attention and "
-        "predictor modules included), multiply-adds per image, descriptor length.",
+        "batch 1, parameters of the deployed model (for MDPR without its training-only "
+        "attention, BAP and predictor modules), multiply-adds per image, descriptor length.",
         "",
         *verdicts,
     ]
