@@ -149,6 +149,22 @@ def test_a_run_of_one_iteration(fastreid_root, tmp_path):
     assert os.path.isfile(tmp_path / "model_final.pth")
 
 
+def test_evaluation_only_architectures_are_not_trained(fastreid_root, tmp_path):
+    """A meta-architecture with ``trainable = False`` (FactorizedKD's teacher ensemble) is refused
+    for training before anything is built."""
+    from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+    from torch import nn
+
+    name = "KdreidTestEvaluationOnly"
+    try:
+        META_ARCH_REGISTRY.get(name)
+    except KeyError:
+        META_ARCH_REGISTRY.register(type(name, (nn.Module,), {"trainable": False}))
+    args = _args(opts=["MODEL.META_ARCHITECTURE", name, "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(ConfigError, match=f"{name} is an evaluation-only model"):
+        main(args)
+
+
 def test_eval_period_zero_evaluates_once_at_the_end(fastreid_root, tmp_path):
     cfg = _tiny_cfg(tmp_path, **{"TEST.EVAL_PERIOD": 0, "SOLVER.MAX_EPOCH": 2})
     trainer = Trainer(cfg)
