@@ -40,11 +40,11 @@ follow ``--seeds`` or ``--variants``::
 import argparse
 import json
 import os
-import statistics
 import sys
 from typing import NamedTuple
 
 from factorized_kd.views import PARTIAL_VIEWS, view_fractions
+from kdreid.evidence import fmt, mean, paired_rows, seed_rows, summary_rows
 from kdreid.runs import REPO, run_logged, train_and_record, training_images
 
 PROJECT = os.path.join(REPO, "projects", "FactorizedKD")
@@ -78,21 +78,6 @@ VARIANTS = {
     "fd_map": Variant("FD, map term only", STUDENT, ("MODEL.FKD.FEAT_WEIGHT", "0")),
 }
 ABLATIONS = ("fd_feature", "fd_map")
-METRICS = ("mAP", "Rank-1")
-
-
-def _stats(values):
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _fmt(value, fmt):
-    return "n/a" if value is None else format(value, fmt)
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
 
 
 def train_teachers(out, opts):
@@ -197,7 +182,7 @@ def comparisons(variants):
 def _cost(record):
     return (
         f"{record['params'] / 1e6:.2f} | {record['macs'] / 1e9:.3f} "
-        f"| {_fmt(record.get('latency_ms'), '.2f')} | {_fmt(record.get('throughput'), '.0f')}"
+        f"| {fmt(record.get('latency_ms'), '.2f')} | {fmt(record.get('throughput'), '.0f')}"
     )
 
 
@@ -213,7 +198,7 @@ def teachers_table(teachers, ensemble):
         size = "x".join(map(str, rec["input_size"]))
         lines.append(
             f"| Teacher {view} | [{top}, {bottom}) | {size} | {rec['metrics']['mAP']:.1f} "
-            f"| {rec['metrics']['Rank-1']:.1f} | {_fmt(run.train_seconds, '.0f')} "
+            f"| {rec['metrics']['Rank-1']:.1f} | {fmt(run.train_seconds, '.0f')} "
             f"| {_cost(rec)} |"
         )
     size = "x".join(map(str, ensemble["input_size"]))
@@ -273,50 +258,14 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
         "",
         "Students (every FD checkpoint evaluated with the plain student's config):",
         "",
-        "| variant | seed | mAP | Rank-1 | train (s) | train images/s |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, variant_runs in runs.items():
-        for seed, run in zip(seeds, variant_runs):
-            m = run.record["metrics"]
-            lines.append(
-                f"| {VARIANTS[name].label} | {seed} | {m['mAP']:.1f} | {m['Rank-1']:.1f} "
-                f"| {_fmt(run.train_seconds, '.0f')} | {_fmt(run.train_throughput, '.1f')} |"
-            )
-
-    stats = {
-        (name, metric): _stats([r.record["metrics"][metric] for r in variant_runs])
-        for name, variant_runs in runs.items()
-        for metric in METRICS
-    }
-    lines += ["", "| variant | mAP | Rank-1 |", "|---|---:|---:|"]
-    for name in runs:
-        cells = " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in (stats[name, k] for k in METRICS))
-        lines.append(f"| {VARIANTS[name].label} | {cells} |")
-
-    verdicts = []
-    pairs = comparisons(list(runs))
-    if pairs:
-        lines += ["", "| A − B (paired over seeds) | mAP | Rank-1 |", "|---|---:|---:|"]
-    for a, b in pairs:
-        cells = []
-        la, lb = VARIANTS[a].label, VARIANTS[b].label
-        for metric in METRICS:
-            diffs = [
-                ra.record["metrics"][metric] - rb.record["metrics"][metric]
-                for ra, rb in zip(runs[a], runs[b])
-            ]
-            dm, ds = _stats(diffs)
-            cells.append(f"{dm:+.1f} ± {ds:.1f}")
-            spread = max(stats[a, metric][1], stats[b, metric][1])
-            if len(seeds) < 2:
-                verdicts.append(f"- {metric}: {la} vs {lb}: {dm:+.1f}; one seed, no verdict.")
-            else:
-                verdicts.append(
-                    f"- {metric}: {la} {'beats' if dm > spread else 'does NOT beat'} {lb} by "
-                    f"more than the spread ({dm:+.1f} against a spread of {spread:.1f})."
-                )
-        lines.append(f"| {la} − {lb} | {' | '.join(cells)} |")
+    labels = {name: v.label for name, v in VARIANTS.items()}
+    lines += seed_rows(runs, seeds, labels)
+    summary, stats = summary_rows(runs, labels)
+    lines += ["", *summary]
+    paired, verdicts = paired_rows(runs, comparisons(list(runs)), labels, stats, len(seeds))
+    if paired:
+        lines += ["", *paired]
 
     lines += [
         "",
@@ -329,9 +278,9 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
         rec = records[0]
         lines.append(
             f"| {VARIANTS[name].label} "
-            f"| {_fmt(_mean([r.train_throughput for r in variant_runs]), '.1f')} "
-            f"| {_fmt(_mean([r.get('throughput') for r in records]), '.0f')} "
-            f"| {_fmt(_mean([r.get('latency_ms') for r in records]), '.2f')} "
+            f"| {fmt(mean([r.train_throughput for r in variant_runs]), '.1f')} "
+            f"| {fmt(mean([r.get('throughput') for r in records]), '.0f')} "
+            f"| {fmt(mean([r.get('latency_ms') for r in records]), '.2f')} "
             f"| {rec['params'] / 1e6:.2f} | {rec['macs'] / 1e9:.3f} | {rec['feature_dim']} |"
         )
     footer = [
@@ -387,7 +336,7 @@ def main(argv=None):
             m = run.record["metrics"]
             print(
                 f"  mAP {m['mAP']:.1f}, Rank-1 {m['Rank-1']:.1f}, trained in "
-                f"{_fmt(run.train_seconds, '.0f')} s",
+                f"{fmt(run.train_seconds, '.0f')} s",
                 flush=True,
             )
             runs[name].append(run)

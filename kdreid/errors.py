@@ -10,6 +10,7 @@ __all__ = [
     "DatasetCorruptError",
     "UnreadableImageError",
     "WeightsError",
+    "OutputDirError",
 ]
 
 
@@ -39,3 +40,7 @@ class UnreadableImageError(UserInputError, OSError):
 
 class WeightsError(UserInputError, RuntimeError):
     """Model weights are missing, unreadable, or do not fit the model."""
+
+
+class OutputDirError(UserInputError, OSError):
+    """An output folder cannot be created or written."""

@@ -31,8 +31,9 @@ from fastreid.utils.logger import setup_logger  # noqa: E402
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device  # noqa: E402
 from kdreid.engine import ProgressLoader, Trainer, load_weights_strict  # noqa: E402
+from kdreid.engine.checkpoint import prepare_output_dir  # noqa: E402
 from kdreid.engine.defaults import report_user_errors  # noqa: E402
-from kdreid.errors import ConfigError, UserInputError  # noqa: E402
+from kdreid.errors import ConfigError, OutputDirError, UserInputError  # noqa: E402
 from kdreid.evaluation import evaluate_rank  # noqa: E402
 from kdreid.evaluation.visualize import (  # noqa: E402
     pick_queries,
@@ -41,10 +42,6 @@ from kdreid.evaluation.visualize import (  # noqa: E402
 )
 
 logger = logging.getLogger("kdreid.visualize_ranks")
-
-
-class OutputDirError(UserInputError, OSError):
-    """The output folder cannot be created or written."""
 
 
 class FeatureCollector(DatasetEvaluator):
@@ -91,20 +88,6 @@ def build_cfg(args):
     resolve_device(cfg)
     cfg.freeze()
     return cfg
-
-
-def prepare_output_dir(path):
-    """Create ``path`` (before any slow work) and check that files can be written in it."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as exc:
-        raise OutputDirError(
-            f"Cannot write the output folder '{path}': {exc.strerror or exc}"
-        ) from exc
 
 
 def extract(cfg, model, dataset_name):

@@ -8,9 +8,10 @@ import torch
 from fastreid.utils.checkpoint import Checkpointer
 
 from kdreid.compat import CheckpointLoadError, load_checkpoint_file
-from kdreid.errors import WeightsError
+from kdreid.errors import OutputDirError, WeightsError
 
 __all__ = [
+    "prepare_output_dir",
     "AtomicCheckpointer",
     "TRAINING_ONLY_PREFIX",
     "atomic_write",
@@ -20,6 +21,24 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def prepare_output_dir(path):
+    """Create ``path`` (before any slow work) and check that files can be written in it.
+
+    Raises:
+        OutputDirError: it cannot be created or written.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise OutputDirError(
+            f"Cannot write the output folder '{path}': {exc.strerror or exc}"
+        ) from exc
 
 
 def atomic_write(path, write_fn, mode="wb"):

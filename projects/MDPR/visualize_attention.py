@@ -51,9 +51,9 @@ from fastreid.modeling import build_model
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
 from kdreid.data.checks import read_image
-from kdreid.engine.checkpoint import load_weights_strict
+from kdreid.engine.checkpoint import load_weights_strict, prepare_output_dir
 from kdreid.engine.defaults import report_user_errors
-from kdreid.errors import ConfigError, UserInputError
+from kdreid.errors import ConfigError, OutputDirError, UserInputError
 from mdpr.visualize import (
     MIN_PANEL_WIDTH,
     Layout,
@@ -95,10 +95,6 @@ _CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+")  # MODEL.WEIGHT
 
 class ImagePathError(UserInputError, FileNotFoundError):
     """An ``--input`` path that does not exist, or a folder with no images in it."""
-
-
-class OutputDirError(UserInputError, OSError):
-    """The output folder cannot be created or written."""
 
 
 # --- Inputs -----------------------------------------------------------------------------------
@@ -160,20 +156,6 @@ def output_names(paths: Sequence[str]) -> list[str]:
         seen[stem] = seen.get(stem, 0) + 1
         names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
     return names
-
-
-def prepare_output_dir(path: str) -> None:
-    """Create ``path`` before any slow work and check that a file can be written in it."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as exc:
-        raise OutputDirError(
-            f"Cannot write the output folder '{path}': {exc.strerror or exc}"
-        ) from exc
 
 
 # --- Command line -----------------------------------------------------------------------------

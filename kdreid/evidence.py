@@ -1,0 +1,100 @@
+"""Markdown tables for side-by-side evidence runs: variants × seeds, same data and schedule.
+
+The project benchmarks (``benchmarks/*_evidence.py``) train every variant with several seeds
+(:mod:`kdreid.runs`) and report with these helpers: the per-seed table, mean ± sample standard
+deviation per variant, and paired differences between variants with a verdict each (a difference
+counts only when it is larger than the spread of either variant).
+"""
+
+import statistics
+from collections.abc import Mapping, Sequence
+
+from kdreid.runs import Run
+
+__all__ = ["METRICS", "fmt", "mean", "mean_std", "paired_rows", "seed_rows", "summary_rows"]
+
+METRICS = ("mAP", "Rank-1")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(value, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``n/a`` for ``None``."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def mean(values) -> float | None:
+    """Mean of the values that are not ``None`` (``None`` if there are none)."""
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def seed_rows(runs: Mapping[str, Sequence[Run]], seeds, labels: Mapping[str, str]) -> list[str]:
+    """One table row per variant and seed: mAP, Rank-1, training seconds and images/s."""
+    lines = [
+        "| variant | seed | mAP | Rank-1 | train (s) | train images/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, variant_runs in runs.items():
+        for seed, run in zip(seeds, variant_runs):
+            m = run.record["metrics"]
+            lines.append(
+                f"| {labels[name]} | {seed} | {m['mAP']:.1f} | {m['Rank-1']:.1f} "
+                f"| {fmt(run.train_seconds, '.0f')} | {fmt(run.train_throughput, '.1f')} |"
+            )
+    return lines
+
+
+def summary_rows(runs: Mapping[str, Sequence[Run]], labels: Mapping[str, str]):
+    """Mean ± sample standard deviation of every metric per variant.
+
+    Returns:
+        (list[str], dict): the table rows, and ``{(variant, metric): (mean, std)}``.
+    """
+    stats = {
+        (name, metric): mean_std([r.record["metrics"][metric] for r in variant_runs])
+        for name, variant_runs in runs.items()
+        for metric in METRICS
+    }
+    lines = ["| variant | mAP | Rank-1 |", "|---|---:|---:|"]
+    for name in runs:
+        cells = " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in (stats[name, k] for k in METRICS))
+        lines.append(f"| {labels[name]} | {cells} |")
+    return lines, stats
+
+
+def paired_rows(runs, pairs, labels, stats, num_seeds: int):
+    """Paired differences ``A − B`` over seeds for each ``(A, B)`` in ``pairs``, with verdicts.
+
+    A verdict says A beats B when the mean paired difference exceeds the larger of the two
+    variants' standard deviations; with one seed there is no verdict.
+
+    Returns:
+        (list[str], list[str]): the table rows (none without pairs) and the verdict lines.
+    """
+    lines, verdicts = [], []
+    if pairs:
+        lines += ["| A − B (paired over seeds) | mAP | Rank-1 |", "|---|---:|---:|"]
+    for a, b in pairs:
+        cells = []
+        for metric in METRICS:
+            diffs = [
+                ra.record["metrics"][metric] - rb.record["metrics"][metric]
+                for ra, rb in zip(runs[a], runs[b])
+            ]
+            dm, ds = mean_std(diffs)
+            cells.append(f"{dm:+.1f} ± {ds:.1f}")
+            spread = max(stats[a, metric][1], stats[b, metric][1])
+            la, lb = labels[a], labels[b]
+            if num_seeds < 2:
+                verdicts.append(f"- {metric}: {la} vs {lb}: {dm:+.1f}; one seed, no verdict.")
+            else:
+                verdicts.append(
+                    f"- {metric}: {la} {'beats' if dm > spread else 'does NOT beat'} {lb} by "
+                    f"more than the spread ({dm:+.1f} against a spread of {spread:.1f})."
+                )
+        lines.append(f"| {labels[a]} − {labels[b]} | {' | '.join(cells)} |")
+    return lines, verdicts
