@@ -44,7 +44,7 @@ import sys
 from typing import NamedTuple
 
 from factorized_kd.views import PARTIAL_VIEWS, view_fractions
-from kdreid.evidence import fmt, mean, paired_rows, seed_rows, summary_rows
+from kdreid.evidence import fmt, paired_rows, seed_rows, speed_rows, summary_rows
 from kdreid.runs import REPO, run_logged, train_and_record, training_images
 
 PROJECT = os.path.join(REPO, "projects", "FactorizedKD")
@@ -267,22 +267,7 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
     if paired:
         lines += ["", *paired]
 
-    lines += [
-        "",
-        "| variant | train images/s | eval images/s | latency (ms) | params (M) | mult-adds (G) "
-        "| descriptor |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, variant_runs in runs.items():
-        records = [r.record for r in variant_runs]
-        rec = records[0]
-        lines.append(
-            f"| {VARIANTS[name].label} "
-            f"| {fmt(mean([r.train_throughput for r in variant_runs]), '.1f')} "
-            f"| {fmt(mean([r.get('throughput') for r in records]), '.0f')} "
-            f"| {fmt(mean([r.get('latency_ms') for r in records]), '.2f')} "
-            f"| {rec['params'] / 1e6:.2f} | {rec['macs'] / 1e9:.3f} | {rec['feature_dim']} |"
-        )
+    lines += ["", *speed_rows(runs, labels)]
     footer = [
         "",
         f"mean ± sample standard deviation over {len(seeds)} seed(s) "
@@ -291,7 +276,7 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
         "over the wall-clock seconds of the training process (start-up, the FD students' six "
         "teacher forwards per batch and the final evaluation included), mean over seeds. "
         "Evaluation figures are --eval-only's: throughput at batch "
-        f"{rec.get('throughput_batch', '?')}, latency at batch 1 (median), parameters and "
+        f"{first.get('throughput_batch', '?')}, latency at batch 1 (median), parameters and "
         "multiply-adds per image of the evaluated network (for an FD student: the plain "
         "student's config with the FD checkpoint; adapters, factor heads and teachers are "
         "training-only).",

@@ -31,7 +31,7 @@ import argparse
 import os
 from typing import NamedTuple
 
-from kdreid.evidence import fmt, mean, paired_rows, seed_rows, summary_rows
+from kdreid.evidence import fmt, paired_rows, seed_rows, speed_rows, summary_rows
 from kdreid.runs import REPO, train_and_record
 
 TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
@@ -59,26 +59,6 @@ VARIANTS = {
 ABLATIONS = ("mdpr_no_distillation", "mdpr_no_fusion")
 
 
-def descriptor_dim(eval_dir):
-    """Length of the descriptor of the model evaluated in ``eval_dir`` (from its saved config).
-
-    Builds the model on the CPU, untrained, and measures one evaluation forward pass.
-    """
-    import torch
-    from fastreid.modeling import build_model
-
-    import mdpr  # noqa: F401  (imported for registration of the MDPR meta-architecture)
-    from kdreid.config import get_cfg, merge_from_file
-
-    cfg = get_cfg()
-    merge_from_file(cfg, os.path.join(eval_dir, "config.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        return int(model(torch.zeros(1, 3, *cfg.INPUT.SIZE_TEST)).shape[1])
-
-
 def comparisons(variants):
     """(better, reference) pairs: every variant against the baseline, MDPR against each ablation."""
     pairs = [(v, "baseline") for v in variants if v != "baseline" and "baseline" in variants]
@@ -87,13 +67,12 @@ def comparisons(variants):
     return pairs
 
 
-def evidence_table(seeds, runs, dims, opts):
+def evidence_table(seeds, runs, opts):
     """Markdown: per-seed metrics, mean ± std, paired differences with verdicts, speed.
 
     Args:
         seeds (list[int]): the seeds, in the order of each variant's runs.
         runs (dict[str, list[Run]]): each variant's runs, one per seed.
-        dims (dict[str, int]): each variant's descriptor length.
         opts (list[str]): the ``KEY VALUE`` options every run had.
     """
     first = next(iter(runs.values()))[0].record
@@ -112,29 +91,14 @@ def evidence_table(seeds, runs, dims, opts):
     if paired:
         lines += ["", *paired]
 
-    lines += [
-        "",
-        "| variant | train images/s | eval images/s | latency (ms) | params (M) | mult-adds (G) "
-        "| descriptor |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, variant_runs in runs.items():
-        records = [r.record for r in variant_runs]
-        rec = records[0]
-        lines.append(
-            f"| {VARIANTS[name].label} "
-            f"| {fmt(mean([r.train_throughput for r in variant_runs]), '.1f')} "
-            f"| {fmt(mean([r.get('throughput') for r in records]), '.0f')} "
-            f"| {fmt(mean([r.get('latency_ms') for r in records]), '.2f')} "
-            f"| {rec['params'] / 1e6:.2f} | {rec['macs'] / 1e9:.3f} | {dims[name]} |"
-        )
+    lines += ["", *speed_rows(runs, labels)]
     footer = [
         "",
         f"mean ± sample standard deviation over {len(seeds)} seed(s) "
         f"({', '.join(map(str, seeds))}). Training images/s: images trained on over the "
         "wall-clock seconds of the training process (start-up and evaluation included), mean "
         "over seeds. Evaluation figures are "
-        f"--eval-only's: throughput at batch {rec.get('throughput_batch', '?')}, latency at "
+        f"--eval-only's: throughput at batch {first.get('throughput_batch', '?')}, latency at "
         "batch 1, parameters of the deployed model (for MDPR without its training-only "
         "attention, BAP and predictor modules), multiply-adds per image, descriptor length.",
         "",
@@ -179,11 +143,7 @@ def main(argv=None):
             )
             runs[name].append(run)
 
-    dims = {
-        name: descriptor_dim(os.path.join(out, name, f"seed{args.seeds[0]}", "eval"))
-        for name in variants
-    }
-    text = evidence_table(args.seeds, runs, dims, args.opts)
+    text = evidence_table(args.seeds, runs, args.opts)
     with open(os.path.join(out, "evidence.md"), "w") as f:
         f.write(text + "\n")
     print("\n" + text + f"\n\nWrote {out}/evidence.md")

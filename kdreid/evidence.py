@@ -11,7 +11,16 @@ from collections.abc import Mapping, Sequence
 
 from kdreid.runs import Run
 
-__all__ = ["METRICS", "fmt", "mean", "mean_std", "paired_rows", "seed_rows", "summary_rows"]
+__all__ = [
+    "METRICS",
+    "fmt",
+    "mean",
+    "mean_std",
+    "paired_rows",
+    "seed_rows",
+    "speed_rows",
+    "summary_rows",
+]
 
 METRICS = ("mAP", "Rank-1")
 
@@ -98,3 +107,26 @@ def paired_rows(runs, pairs, labels, stats, num_seeds: int):
                 )
         lines.append(f"| {labels[a]} − {labels[b]} | {' | '.join(cells)} |")
     return lines, verdicts
+
+
+def speed_rows(runs: Mapping[str, Sequence[Run]], labels: Mapping[str, str]) -> list[str]:
+    """Per variant: training images/s (mean over seeds), and the ``--eval-only`` record's
+    evaluation throughput and batch-1 latency (means), parameters, multiply-adds and descriptor
+    length (of the first seed's record: the same network for every seed)."""
+    lines = [
+        "| variant | train images/s | eval images/s | latency (ms) | params (M) | mult-adds (G) "
+        "| descriptor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, variant_runs in runs.items():
+        records = [r.record for r in variant_runs]
+        rec = records[0]
+        lines.append(
+            f"| {labels[name]} "
+            f"| {fmt(mean([r.train_throughput for r in variant_runs]), '.1f')} "
+            f"| {fmt(mean([r.get('throughput') for r in records]), '.0f')} "
+            f"| {fmt(mean([r.get('latency_ms') for r in records]), '.2f')} "
+            f"| {rec['params'] / 1e6:.2f} | {rec['macs'] / 1e9:.3f} "
+            f"| {fmt(rec.get('feature_dim'), 'd')} |"
+        )
+    return lines
