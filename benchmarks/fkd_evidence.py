@@ -37,14 +37,13 @@ follow ``--seeds`` or ``--variants``::
         SOLVER.MAX_EPOCH 1 SOLVER.STEPS '[1]' SOLVER.IMS_PER_BATCH 16
 """
 
-import argparse
 import json
 import os
 import sys
 from typing import NamedTuple
 
 from factorized_kd.views import PARTIAL_VIEWS, view_fractions
-from kdreid.evidence import fmt, paired_rows, seed_rows, speed_rows, summary_rows
+from kdreid.evidence import fmt, paired_rows, parse_args, seed_rows, speed_rows, summary_rows
 from kdreid.runs import REPO, run_logged, train_and_record, training_images
 
 PROJECT = os.path.join(REPO, "projects", "FactorizedKD")
@@ -289,20 +288,8 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
-        help=f"a subset of: {', '.join(VARIANTS)} (default: all)",
-    )  # fmt: skip
-    parser.add_argument("--output-dir", default="logs/fkd_evidence")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every run")
-    args = parser.parse_args(argv)
-    if args.opts[:1] == ["--"]:  # ends a --seeds or --variants list
-        args.opts = args.opts[1:]
-    if len(args.opts) % 2:
-        parser.error(f"options come in KEY VALUE pairs, got {args.opts}")
-    out = os.path.abspath(args.output_dir)
+    args = parse_args(__doc__.split("\n")[0], VARIANTS, "logs/fkd_evidence", argv)
+    out = args.output_dir
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 
     teachers = train_teachers(out, args.opts)

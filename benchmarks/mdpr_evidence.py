@@ -27,11 +27,10 @@ continues where it stopped. ``KEY VALUE`` options apply to every run, training a
         SOLVER.MAX_EPOCH 1 SOLVER.STEPS '[1]' SOLVER.IMS_PER_BATCH 16
 """
 
-import argparse
 import os
 from typing import NamedTuple
 
-from kdreid.evidence import fmt, paired_rows, seed_rows, speed_rows, summary_rows
+from kdreid.evidence import fmt, paired_rows, parse_args, seed_rows, speed_rows, summary_rows
 from kdreid.runs import REPO, train_and_record
 
 TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
@@ -108,20 +107,8 @@ def evidence_table(seeds, runs, opts):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
-        help=f"a subset of: {', '.join(VARIANTS)} (default: all)",
-    )  # fmt: skip
-    parser.add_argument("--output-dir", default="logs/mdpr_evidence")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every run")
-    args = parser.parse_args(argv)
-    if args.opts[:1] == ["--"]:  # ends a --seeds or --variants list
-        args.opts = args.opts[1:]
-    if len(args.opts) % 2:
-        parser.error(f"options come in KEY VALUE pairs, got {args.opts}")
-    out = os.path.abspath(args.output_dir)
+    args = parse_args(__doc__.split("\n")[0], VARIANTS, "logs/mdpr_evidence", argv)
+    out = args.output_dir
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 
     variants = [v for v in VARIANTS if v in args.variants]  # in the table's order

@@ -6,6 +6,8 @@ deviation per variant, and paired differences between variants with a verdict ea
 counts only when it is larger than the spread of either variant).
 """
 
+import argparse
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 
@@ -13,6 +15,7 @@ from kdreid.runs import Run
 
 __all__ = [
     "METRICS",
+    "parse_args",
     "fmt",
     "mean",
     "mean_std",
@@ -130,3 +133,29 @@ def speed_rows(runs: Mapping[str, Sequence[Run]], labels: Mapping[str, str]) -> 
             f"| {fmt(rec.get('feature_dim'), 'd')} |"
         )
     return lines
+
+
+def parse_args(description: str, variants, output_dir: str, argv=None) -> argparse.Namespace:
+    """The command line every evidence benchmark takes.
+
+    ``--seeds`` (default 0 1 2), ``--variants`` (a subset of ``variants``), ``--output-dir``, then
+    ``KEY VALUE`` config options for every run (after ``--`` when they follow a list option).
+
+    Returns:
+        argparse.Namespace: ``seeds``, ``variants``, ``output_dir`` (absolute) and ``opts``.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(variants), default=list(variants),
+        metavar="VARIANT", help=f"a subset of: {', '.join(variants)} (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--output-dir", default=output_dir)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every run")
+    args = parser.parse_args(argv)
+    if args.opts[:1] == ["--"]:  # ends a --seeds or --variants list
+        args.opts = args.opts[1:]
+    if len(args.opts) % 2:
+        parser.error(f"options come in KEY VALUE pairs, got {args.opts}")
+    args.output_dir = os.path.abspath(args.output_dir)
+    return args

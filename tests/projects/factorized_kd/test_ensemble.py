@@ -112,7 +112,7 @@ def _reference(members, images):
         cfg = get_cfg()
         merge_from_file(cfg, config)
         model = build_model(cfg)
-        model.load_state_dict(torch.load(weights)["model"])
+        model.load_state_dict(torch.load(weights, weights_only=True)["model"])
         model.eval()
         start, stop = ROWS[name]
         crop = images[:, :, start:stop]
