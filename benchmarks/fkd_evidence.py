@@ -73,8 +73,8 @@ class Variant(NamedTuple):
 VARIANTS = {
     "plain": Variant("Plain student", PLAIN),
     "fd": Variant("FD student", STUDENT),
-    "fd_feature": Variant("FD, feature term only", STUDENT, ("MODEL.FKD.MAP_WEIGHT", "0")),
-    "fd_map": Variant("FD, map term only", STUDENT, ("MODEL.FKD.FEAT_WEIGHT", "0")),
+    "fd_feature": Variant("FD, feature term only", STUDENT, ("MODEL.FKD.MAP_WEIGHT", "0.0")),
+    "fd_map": Variant("FD, map term only", STUDENT, ("MODEL.FKD.FEAT_WEIGHT", "0.0")),
 }
 ABLATIONS = ("fd_feature", "fd_map")
 
