@@ -43,7 +43,7 @@ import sys
 from typing import NamedTuple
 
 from factorized_kd.views import PARTIAL_VIEWS, view_fractions
-from kdreid.evidence import fmt, paired_rows, parse_args, seed_rows, speed_rows, summary_rows
+from kdreid.evidence import comparison_tables, fmt, parse_args
 from kdreid.runs import REPO, run_logged, train_and_record, training_images
 
 PROJECT = os.path.join(REPO, "projects", "FactorizedKD")
@@ -259,14 +259,8 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
         "",
     ]
     labels = {name: v.label for name, v in VARIANTS.items()}
-    lines += seed_rows(runs, seeds, labels)
-    summary, stats = summary_rows(runs, labels)
-    lines += ["", *summary]
-    paired, verdicts = paired_rows(runs, comparisons(list(runs)), labels, stats, len(seeds))
-    if paired:
-        lines += ["", *paired]
-
-    lines += ["", *speed_rows(runs, labels)]
+    tables, verdicts = comparison_tables(runs, seeds, labels, comparisons(list(runs)))
+    lines += tables
     footer = [
         "",
         f"mean ± sample standard deviation over {len(seeds)} seed(s) "

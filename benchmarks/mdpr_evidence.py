@@ -30,7 +30,7 @@ continues where it stopped. ``KEY VALUE`` options apply to every run, training a
 import os
 from typing import NamedTuple
 
-from kdreid.evidence import fmt, paired_rows, parse_args, seed_rows, speed_rows, summary_rows
+from kdreid.evidence import comparison_tables, fmt, parse_args
 from kdreid.runs import REPO, train_and_record
 
 TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
@@ -83,14 +83,8 @@ def evidence_table(seeds, runs, opts):
         "",
     ]
     labels = {name: v.label for name, v in VARIANTS.items()}
-    lines += seed_rows(runs, seeds, labels)
-    summary, stats = summary_rows(runs, labels)
-    lines += ["", *summary]
-    paired, verdicts = paired_rows(runs, comparisons(list(runs)), labels, stats, len(seeds))
-    if paired:
-        lines += ["", *paired]
-
-    lines += ["", *speed_rows(runs, labels)]
+    tables, verdicts = comparison_tables(runs, seeds, labels, comparisons(list(runs)))
+    lines += tables
     footer = [
         "",
         f"mean ± sample standard deviation over {len(seeds)} seed(s) "

@@ -15,6 +15,7 @@ from kdreid.runs import Run
 
 __all__ = [
     "METRICS",
+    "comparison_tables",
     "parse_args",
     "fmt",
     "mean",
@@ -159,3 +160,25 @@ def parse_args(description: str, variants, output_dir: str, argv=None) -> argpar
         parser.error(f"options come in KEY VALUE pairs, got {args.opts}")
     args.output_dir = os.path.abspath(args.output_dir)
     return args
+
+
+def comparison_tables(runs, seeds, labels, pairs) -> tuple[list[str], list[str]]:
+    """Every table of an evidence report: per seed, mean ± std, paired differences, speed.
+
+    Args:
+        runs (dict[str, list[Run]]): each variant's runs, one per seed.
+        seeds (list[int]): the seeds, in the order of each variant's runs.
+        labels (dict[str, str]): each variant's label.
+        pairs (list[tuple[str, str]]): the ``(A, B)`` variants to compare.
+
+    Returns:
+        (list[str], list[str]): the markdown lines and the verdict lines.
+    """
+    lines = seed_rows(runs, seeds, labels)
+    summary, stats = summary_rows(runs, labels)
+    lines += ["", *summary]
+    paired, verdicts = paired_rows(runs, pairs, labels, stats, len(seeds))
+    if paired:
+        lines += ["", *paired]
+    lines += ["", *speed_rows(runs, labels)]
+    return lines, verdicts

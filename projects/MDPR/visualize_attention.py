@@ -56,34 +56,17 @@ from kdreid.engine.defaults import report_user_errors
 from kdreid.errors import ConfigError, OutputDirError, UserInputError
 from mdpr.visualize import (
     MIN_PANEL_WIDTH,
-    Layout,
     attention_panels,
-    background,
-    layout,
-    overlay,
     pixel_boundaries,
     render,
-    stripe_boundaries,
-    stripe_rows,
     upsample,
 )
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImagePathError",
-    "Layout",
-    "OutputDirError",
-    "attention_panels",
-    "background",
     "collect_images",
-    "layout",
     "output_names",
-    "overlay",
-    "pixel_boundaries",
-    "render",
-    "stripe_boundaries",
-    "stripe_rows",
-    "upsample",
     "visualize",
 ]
 
