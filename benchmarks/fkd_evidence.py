@@ -245,7 +245,8 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
     lines = [
         f"FactorizedKD (FD-style) on {first['dataset']} ({first['device_name']}): ResNet-18 from "
         f"scratch everywhere; students at {first['input_size'][0]}x{first['input_size'][1]} "
-        "with last stride 1 (an 8x4 last map), teachers on 64x64 views (seed "
+        "with last stride 1, teachers on "
+        f"{'x'.join(map(str, next(iter(teachers.values())).record['input_size']))} views (seed "
         f"{TEACHER_SEED}); the schedule of configs/Synthetic/bagtricks_R18.yml for every model, "
         "the same seeds for every student"
         + (f"; options for every run: `{' '.join(opts)}`." if opts else "."),

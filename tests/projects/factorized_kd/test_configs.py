@@ -124,8 +124,8 @@ def test_teacher_and_ensemble_fit_the_student(student):
 
 
 def test_evidence_teacher_map_matches_the_student_view_block():
-    """On SynthReID-small a teacher's last map (64x64 view) is the size of the student's block of
-    a group-1 view (4 of 8 rows, 4 columns), so the map term needs no resampling there."""
+    """On SynthReID-small a teacher's last map (32x32 view) is the size of the student's block of
+    a group-1 view (2 of 4 rows, 2 columns), so the map term needs no resampling there."""
     fd, teacher = _cfg("Synthetic/student_small.yml"), _cfg("Synthetic/teacher_small.yml")
     h, w = (resnet_map_size(s, fd.MODEL.BACKBONE.LAST_STRIDE) for s in fd.INPUT.SIZE_TRAIN)
     t = [resnet_map_size(s, teacher.MODEL.BACKBONE.LAST_STRIDE) for s in teacher.INPUT.SIZE_TRAIN]
