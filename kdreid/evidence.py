@@ -17,6 +17,7 @@ __all__ = [
     "METRICS",
     "comparison_tables",
     "parse_args",
+    "parse_with_opts",
     "fmt",
     "mean",
     "mean_std",
@@ -152,6 +153,15 @@ def parse_args(description: str, variants, output_dir: str, argv=None) -> argpar
         metavar="VARIANT", help=f"a subset of: {', '.join(variants)} (default: all)",
     )  # fmt: skip
     parser.add_argument("--output-dir", default=output_dir)
+    return parse_with_opts(parser, argv)
+
+
+def parse_with_opts(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``parser``'s arguments followed by ``KEY VALUE`` config options (``args.opts``).
+
+    Adds the trailing ``opts`` argument; a leading ``--`` (which ends a list option) is dropped,
+    an odd number of options is a usage error, and ``args.output_dir`` is made absolute.
+    """
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every run")
     args = parser.parse_args(argv)
     if args.opts[:1] == ["--"]:  # ends a --seeds or --variants list

@@ -1,6 +1,18 @@
 """kdreid.evidence: per-seed table, mean ± sample std, paired differences and their verdicts."""
 
-from kdreid.evidence import mean_std, paired_rows, seed_rows, summary_rows
+import argparse
+import os
+
+import pytest
+
+from kdreid.evidence import (
+    mean_std,
+    paired_rows,
+    parse_args,
+    parse_with_opts,
+    seed_rows,
+    summary_rows,
+)
 from kdreid.runs import Run
 
 
@@ -36,3 +48,19 @@ def test_tables_and_verdicts():
     assert verdicts[1].startswith("- Rank-1: New does NOT beat Baseline")
     _, one_seed = paired_rows(RUNS, [("new", "base")], LABELS, stats, 1)
     assert "one seed, no verdict" in one_seed[0]
+
+
+def test_command_line_of_the_evidence_scripts(tmp_path):
+    args = parse_args("d", LABELS, str(tmp_path / "out"),
+                      ["--seeds", "3", "4", "--", "SOLVER.MAX_EPOCH", "1"])  # fmt: skip
+    assert args.seeds == [3, 4] and args.variants == list(LABELS)
+    assert args.opts == ["SOLVER.MAX_EPOCH", "1"] and args.output_dir == str(tmp_path / "out")
+    with pytest.raises(SystemExit):  # an odd number of options is a usage error
+        parse_args("d", LABELS, "out", ["--seeds", "0", "--", "SOLVER.MAX_EPOCH"])
+    with pytest.raises(SystemExit):
+        parse_args("d", LABELS, "out", ["--variants", "unknown"])
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output-dir", default="rel")
+    args = parse_with_opts(parser, ["MODEL.DEVICE", "cpu"])
+    assert args.opts == ["MODEL.DEVICE", "cpu"] and os.path.isabs(args.output_dir)
