@@ -2,7 +2,7 @@
 each partial teacher alone and their ensemble: SynthReID-small, same schedule, 3 seeds.
 
     python benchmarks/fkd_evidence.py [--seeds 0 1 2] [--variants plain fd ...]
-        [--output-dir logs/fkd_evidence] [KEY VALUE ...]
+        [--output-dir logs/fkd_evidence] [--teacher-opts "KEY VALUE ..."] [KEY VALUE ...]
 
 On SynthReID-small, on this machine's device, with ``projects/FactorizedKD/train_net.py``:
 
@@ -35,10 +35,19 @@ follow ``--seeds`` or ``--variants``::
     python benchmarks/fkd_evidence.py --seeds 0 --output-dir /tmp/fkd_smoke -- \
         DATASETS.NAMES '("SynthReIDTiny",)' DATASETS.TESTS '("SynthReIDTiny",)' \
         SOLVER.MAX_EPOCH 1 SOLVER.STEPS '[1]' SOLVER.IMS_PER_BATCH 16
+
+``--teacher-opts`` changes the teachers alone (applied after the common options), e.g. teachers
+on larger views; the options are recorded in ``OUTPUT-DIR/teachers/options.json`` and a later
+run with other teacher options in the same folder is refused rather than reusing those teachers::
+
+    python benchmarks/fkd_evidence.py --output-dir logs/fkd_evidence_t64 --teacher-opts \
+        "MODEL.FKD.VIEW_SIZE [64,64] INPUT.SIZE_TRAIN [64,64] INPUT.SIZE_TEST [64,64]"
 """
 
+import argparse
 import json
 import os
+import shlex
 import sys
 from typing import NamedTuple
 
@@ -79,12 +88,52 @@ VARIANTS = {
 ABLATIONS = ("fd_feature", "fd_map")
 
 
-def train_teachers(out, opts):
+def key_value_list(text):
+    """``--teacher-opts`` as a list: ``"K1 V1 K2 V2"`` (shell quoting) -> ``[K1, V1, K2, V2]``."""
+    opts = shlex.split(text)
+    if len(opts) % 2:
+        raise argparse.ArgumentTypeError(f"options come in KEY VALUE pairs, got {opts}")
+    return opts
+
+
+def add_teacher_opts(parser):
+    """The ``--teacher-opts`` argument: options for the teachers only (after the common ones)."""
+    parser.add_argument(
+        "--teacher-opts", type=key_value_list, default=[], metavar='"KEY VALUE ..."',
+        help="config options for the six teachers only, e.g. stronger teachers: "
+        "\"MODEL.BACKBONE.DEPTH 50x MODEL.BACKBONE.FEAT_DIM 2048\"; use a new --output-dir",
+    )  # fmt: skip
+
+
+def train_teachers(out, opts, teacher_only=()):
     """Train and evaluate one teacher per view (seed 0), skipping what is done.
+
+    Args:
+        out (str): the output folder; teachers go to ``out/teachers/<view>``.
+        opts (list[str]): ``KEY VALUE`` options of every run.
+        teacher_only (Sequence[str]): ``KEY VALUE`` options of the teachers only, after ``opts``.
 
     Returns:
         dict[str, kdreid.runs.Run]: each view's run.
+
+    Raises:
+        SystemExit: ``out/teachers`` holds teachers trained with other options (its
+            ``options.json``), which would otherwise be reused silently.
     """
+    opts = [*opts, *teacher_only]
+    record = os.path.join(out, "teachers", "options.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            before = json.load(f)
+        if before != opts:
+            sys.exit(
+                f"error: the teachers in {os.path.dirname(record)} were trained with options "
+                f"{before}, not {opts}: give another --output-dir (or --evidence-dir)."
+            )
+    else:
+        os.makedirs(os.path.dirname(record), exist_ok=True)
+        with open(record, "w") as f:
+            json.dump(opts, f)
     runs = {}
     for view in PARTIAL_VIEWS:
         run_dir = os.path.join(out, "teachers", view)
@@ -230,7 +279,7 @@ def deployed_cost_lines(runs):
     return lines
 
 
-def evidence_table(seeds, runs, teachers, ensemble, opts):
+def evidence_table(seeds, runs, teachers, ensemble, opts, teacher_only=()):
     """Markdown: teachers and ensemble, per-seed students, mean ± std, paired differences with
     verdicts, speed.
 
@@ -240,6 +289,7 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
         teachers (dict[str, Run]): each view's teacher.
         ensemble (dict): the ensemble's record.
         opts (list[str]): the ``KEY VALUE`` options every run had.
+        teacher_only (Sequence[str]): the teachers' own options.
     """
     first = next(iter(runs.values()))[0].record
     lines = [
@@ -249,7 +299,9 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
         f"{'x'.join(map(str, next(iter(teachers.values())).record['input_size']))} views (seed "
         f"{TEACHER_SEED}); the schedule of configs/Synthetic/bagtricks_R18.yml for every model, "
         "the same seeds for every student"
-        + (f"; options for every run: `{' '.join(opts)}`." if opts else "."),
+        + (f"; options for every run: `{' '.join(opts)}`" if opts else "")
+        + (f"; teachers' own options: `{' '.join(teacher_only)}`" if teacher_only else "")
+        + ".",
         "",
         "Teachers, each evaluated on its view of every query and gallery image; the ensemble "
         "concatenates their L2-normalised features:",
@@ -283,11 +335,13 @@ def evidence_table(seeds, runs, teachers, ensemble, opts):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.split("\n")[0], VARIANTS, "logs/fkd_evidence", argv)
+    args = parse_args(
+        __doc__.split("\n")[0], VARIANTS, "logs/fkd_evidence", argv, add_arguments=add_teacher_opts
+    )
     out = args.output_dir
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 
-    teachers = train_teachers(out, args.opts)
+    teachers = train_teachers(out, args.opts, args.teacher_opts)
     teacher_opts = teacher_options(teachers)
     print("Ensemble", flush=True)
     ensemble = evaluate_ensemble(os.path.join(out, "ensemble"), teacher_opts, args.opts)
@@ -308,7 +362,7 @@ def main(argv=None):
             )
             runs[name].append(run)
 
-    text = evidence_table(args.seeds, runs, teachers, ensemble, args.opts)
+    text = evidence_table(args.seeds, runs, teachers, ensemble, args.opts, args.teacher_opts)
     with open(os.path.join(out, "evidence.md"), "w") as f:
         f.write(text + "\n")
     print("\n" + text + f"\n\nWrote {out}/evidence.md")

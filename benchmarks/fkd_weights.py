@@ -2,7 +2,8 @@
 on a tuning seed that the evidence does not use, against the plain student on that seed.
 
     python benchmarks/fkd_weights.py [--seed 100] [--weights F,M ...]
-        [--evidence-dir logs/fkd_evidence] [--output-dir logs/fkd_weights] [KEY VALUE ...]
+        [--evidence-dir logs/fkd_evidence] [--output-dir logs/fkd_weights]
+        [--teacher-opts "KEY VALUE ..."] [KEY VALUE ...]
 
 The paper gives no weights (``/work/shared/methods/FactorizedKD.md``), so ``MODEL.FKD.FEAT_WEIGHT``
 and ``MAP_WEIGHT`` are chosen here, on SynthReID-small with the configs and the six teachers of
@@ -22,6 +23,7 @@ import os
 from fkd_evidence import (
     VARIANTS,
     Variant,
+    add_teacher_opts,
     evaluate_ensemble,
     teacher_options,
     train_student,
@@ -56,6 +58,7 @@ def parse_args(argv=None):
     )  # fmt: skip
     parser.add_argument("--evidence-dir", default="logs/fkd_evidence")
     parser.add_argument("--output-dir", default="logs/fkd_weights")
+    add_teacher_opts(parser)
     args = parse_with_opts(parser, argv)
     args.evidence_dir = os.path.abspath(args.evidence_dir)
     return args
@@ -68,7 +71,7 @@ def _name(feat, map_):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
-    teachers = train_teachers(args.evidence_dir, args.opts)
+    teachers = train_teachers(args.evidence_dir, args.opts, args.teacher_opts)
     teacher_opts = teacher_options(teachers)
     ensemble_dir = os.path.join(args.evidence_dir, "ensemble")
     ensemble = evaluate_ensemble(ensemble_dir, teacher_opts, args.opts)

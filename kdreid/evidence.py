@@ -137,11 +137,14 @@ def speed_rows(runs: Mapping[str, Sequence[Run]], labels: Mapping[str, str]) -> 
     return lines
 
 
-def parse_args(description: str, variants, output_dir: str, argv=None) -> argparse.Namespace:
+def parse_args(
+    description: str, variants, output_dir: str, argv=None, add_arguments=None
+) -> argparse.Namespace:
     """The command line every evidence benchmark takes.
 
-    ``--seeds`` (default 0 1 2), ``--variants`` (a subset of ``variants``), ``--output-dir``, then
-    ``KEY VALUE`` config options for every run (after ``--`` when they follow a list option).
+    ``--seeds`` (default 0 1 2), ``--variants`` (a subset of ``variants``), ``--output-dir``, the
+    arguments ``add_arguments(parser)`` adds, then ``KEY VALUE`` config options for every run
+    (after ``--`` when they follow a list option).
 
     Returns:
         argparse.Namespace: ``seeds``, ``variants``, ``output_dir`` (absolute) and ``opts``.
@@ -153,6 +156,8 @@ def parse_args(description: str, variants, output_dir: str, argv=None) -> argpar
         metavar="VARIANT", help=f"a subset of: {', '.join(variants)} (default: all)",
     )  # fmt: skip
     parser.add_argument("--output-dir", default=output_dir)
+    if add_arguments is not None:
+        add_arguments(parser)
     return parse_with_opts(parser, argv)
 
 

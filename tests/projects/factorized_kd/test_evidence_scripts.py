@@ -1,0 +1,71 @@
+"""The FactorizedKD evidence scripts' command lines, and the guard that keeps teachers trained with
+other options from being reused (no training here: both stop before it)."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from ...conftest import REPO
+
+BENCHMARKS = os.path.join(REPO, "benchmarks")
+
+
+def _load(name):
+    sys.path.insert(0, BENCHMARKS)  # fkd_weights imports fkd_evidence as its sibling
+    try:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+@pytest.fixture(scope="module")
+def evidence():
+    return _load("fkd_evidence")
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return _load("fkd_weights")
+
+
+def test_teacher_options_are_parsed_apart(evidence, tmp_path):
+    argv = ["--output-dir", str(tmp_path), "--teacher-opts", "MODEL.FKD.VIEW_SIZE '[64, 64]'",
+            "SOLVER.MAX_EPOCH", "1"]  # fmt: skip
+    args = evidence.parse_args(
+        "d", evidence.VARIANTS, "x", argv, add_arguments=evidence.add_teacher_opts
+    )
+    assert args.teacher_opts == ["MODEL.FKD.VIEW_SIZE", "[64, 64]"]
+    assert args.opts == ["SOLVER.MAX_EPOCH", "1"]
+    with pytest.raises(SystemExit):  # one key without its value
+        evidence.parse_args("d", evidence.VARIANTS, "x", ["--teacher-opts", "MODEL.FKD.VIEW_SIZE"],
+                            add_arguments=evidence.add_teacher_opts)  # fmt: skip
+
+
+def test_teachers_trained_with_other_options_are_not_reused(evidence, tmp_path, capsys):
+    (tmp_path / "teachers").mkdir()
+    (tmp_path / "teachers" / "options.json").write_text(json.dumps(["SOLVER.MAX_EPOCH", "1"]))
+    with pytest.raises(SystemExit) as exc:
+        evidence.train_teachers(
+            str(tmp_path), ["SOLVER.MAX_EPOCH", "1"], ["INPUT.SIZE_TRAIN", "[8,8]"]
+        )
+    message = str(exc.value)
+    assert str(tmp_path / "teachers") in message and "INPUT.SIZE_TRAIN" in message
+
+
+@pytest.mark.parametrize("text", ["1", "1,2,3", "a,b", "-1,1"])
+def test_weight_pairs_refused(weights, text, capsys):
+    with pytest.raises(SystemExit):
+        weights.parse_args([f"--weights={text}"])
+    assert text in capsys.readouterr().err
+
+
+def test_weight_pairs(weights):
+    args = weights.parse_args(["--weights", "1,1", "0.3,10", "--", "SOLVER.MAX_EPOCH", "1"])
+    assert args.weights == [(1.0, 1.0), (0.3, 10.0)] and args.opts == ["SOLVER.MAX_EPOCH", "1"]
+    assert weights.parse_args([]).weights == [(1.0, 1.0), (3.0, 1.0), (0.3, 1.0), (1.0, 10.0)]
