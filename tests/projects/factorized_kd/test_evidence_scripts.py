@@ -14,14 +14,13 @@ BENCHMARKS = os.path.join(REPO, "benchmarks")
 
 
 def _load(name):
-    sys.path.insert(0, BENCHMARKS)  # fkd_weights imports fkd_evidence as its sibling
-    try:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(BENCHMARKS)
+    """A benchmark script as a module, registered under its name: fkd_weights imports
+    fkd_evidence as its sibling, which the registered module then is."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def evidence():
 
 
 @pytest.fixture(scope="module")
-def weights():
+def weights(evidence):
     return _load("fkd_weights")
 
 
