@@ -1,6 +1,7 @@
 # make demo   train and evaluate on the embedded synthetic dataset (CPU)
 # make test   lint (ruff) and the test suite
 # make bench  the speed benchmarks in benchmarks/
+# make gpu-bundle  wheels that an offline GPU machine with torch lacks (see tools/gpu_check.sh)
 # First use creates .venv and installs everything; later runs reuse it.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench gpu-bundle clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,19 @@ test: lint
 
 bench: $(STAMP)
 	@for script in benchmarks/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# The GPU machines lent to this project have torch, Triton, numpy, OpenCV... but no network and
+# none of these; faiss-cpu's wheel is abi3, fastreid's, yacs's and termcolor's pure Python.
+GPU_PYTHON_VERSION ?= 3.12
+GPU_BUNDLE         := .gpu_bundle
+GPU_MISSING        := fastreid==1.4.0 $(shell grep -E '^(yacs|termcolor|faiss-cpu)[<>=]' requirements.txt)
+
+gpu-bundle: $(STAMP)
+	rm -rf $(GPU_BUNDLE)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
+	    --python-version $(GPU_PYTHON_VERSION) --platform manylinux2014_x86_64 \
+	    --platform manylinux_2_28_x86_64 -d $(GPU_BUNDLE) $(foreach r,$(GPU_MISSING),"$(r)")
+	@ls $(GPU_BUNDLE)
 
 clean-venv:
 	rm -rf $(VENV)

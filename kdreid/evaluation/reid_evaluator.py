@@ -92,9 +92,17 @@ class ReidEvaluator(FastReidEvaluator):
 
     @contextmanager
     def timed(self, stage):
-        """Record the wall time of the enclosed block under ``stage`` in ``self.stage_seconds``."""
+        """Record the wall time of the enclosed block under ``stage`` in ``self.stage_seconds``.
+
+        On CUDA the device is synchronised at both ends, so the stage owns the kernels it queued.
+        """
+        device = self._device()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         self.stage_seconds[stage] = time.perf_counter() - start
 
     def rank(self, dist, query, gallery, stage="ranking"):
@@ -206,15 +214,23 @@ class ReidEvaluator(FastReidEvaluator):
 
         rerank = self.cfg.TEST.RERANK
         device = self._device()
+        parts = {}
         with self.timed("re-ranking"):
-            return re_ranking_features(
+            dist = re_ranking_features(
                 query_feats.to(device),
                 gallery_feats.to(device),
                 k1=rerank.K1,
                 k2=rerank.K2,
                 lambda_value=rerank.LAMBDA,
                 metric=self.cfg.TEST.METRIC,
+                timings=parts,
             )
+        logger.info(
+            "Re-ranking on %s: %s",
+            device,
+            ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in parts.items()),
+        )
+        return dist
 
     def _device(self):
         requested = str(self.cfg.MODEL.DEVICE)

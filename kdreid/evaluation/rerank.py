@@ -36,6 +36,7 @@ Reference:
     Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017.
 """
 
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -52,6 +53,36 @@ DEFAULT_MEMORY_BUDGET = 64 * 2**20
 chunks run slower on the CPU: their fresh allocations cost page faults (about 1 s per GB here)."""
 
 METRICS = ("euclidean", "cosine")
+
+STAGES = ("neighbours", "encoding", "query expansion", "jaccard")
+"""The stages ``timings`` reports: the pass over row blocks (distances, row maxima, nearest
+neighbours), the sparse ``V`` (steps 3-5), the local query expansion (step 6, absent with
+``k2 = 1``), the Jaccard sums and the blend (steps 7-8)."""
+
+
+class _StageClock:
+    """Adds the wall time since the previous mark to ``times[name]``; a no-op for ``None``.
+
+    On CUDA every mark synchronises the device first, so each stage owns the kernels it queued.
+    """
+
+    def __init__(self, times, device):
+        self.times = times
+        if times is not None:
+            self.cuda = device.type == "cuda"
+            self.device = device
+            self.last = self._now()
+
+    def _now(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def mark(self, name):
+        if self.times is not None:
+            now = self._now()
+            self.times[name] = self.times.get(name, 0.0) + now - self.last
+            self.last = now
 
 
 def _ordered_topk(dist, k, cuts):
@@ -264,17 +295,26 @@ def _blend(v, out, lambda_value, memory_budget):
     return out
 
 
-def _rerank(source, k1, k2, lambda_value, out, memory_budget, block_rows):
-    """Steps 1-8 on a row source; ``out`` (q, g) float32 receives the result."""
+def _rerank(source, k1, k2, lambda_value, out, memory_budget, block_rows, timings=None):
+    """Steps 1-8 on a row source; ``out`` (q, g) float32 receives the result.
+
+    ``timings`` (dict | None) receives the seconds of each of :data:`STAGES`.
+    """
+    clock = _StageClock(timings, out.device)
     num_items = source.num_items
     width = min(max(k1 + 1, k2), num_items)
     cuts = {k1 + 1, round(k1 / 2) + 1} | ({k2} if k2 != 1 else set())
     cuts = sorted(cut for cut in cuts if cut < num_items)
     near = _neighbours(source, width, cuts, out, block_rows)
+    clock.mark("neighbours")
     v = _encode(source, near, k1, memory_budget)
+    clock.mark("encoding")
     if k2 != 1:
         v = _expand_queries(v, near.ranks, k2, memory_budget)
-    return _blend(v, out, lambda_value, memory_budget)
+        clock.mark("query expansion")
+    _blend(v, out, lambda_value, memory_budget)
+    clock.mark("jaccard")
+    return out
 
 
 def _check_int(name, value, minimum=1):
@@ -331,7 +371,7 @@ def _check_features(q_feat, g_feat, metric):
 @torch.no_grad()
 def re_ranking(
     q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3,
-    memory_budget=DEFAULT_MEMORY_BUDGET,
+    memory_budget=DEFAULT_MEMORY_BUDGET, timings=None,
 ):  # fmt: skip
     """k-reciprocal re-ranking of distance matrices, as ``fastreid.evaluation.rerank.re_ranking``.
 
@@ -347,6 +387,8 @@ def re_ranking(
         k2 (int): neighbours averaged by the local query expansion, >= 1 (1 skips it).
         lambda_value (float): weight of the original distance, in [0, 1].
         memory_budget (int): bytes of temporaries per block.
+        timings (dict | None): if given, receives the seconds each of :data:`STAGES` took
+            (synchronised on CUDA, which costs a few device syncs).
 
     Returns:
         np.ndarray | Tensor: (q, g) float32 re-ranked distances; NumPy when ``q_g_dist`` is NumPy,
@@ -364,14 +406,14 @@ def re_ranking(
     source = MatrixRows(q_g, q_q, g_g)
     out = torch.empty(q_g.shape, dtype=torch.float32, device=q_g.device)
     block_rows = max(1, memory_budget // source.bytes_per_row)
-    _rerank(source, k1, k2, lambda_value, out, memory_budget, block_rows)
+    _rerank(source, k1, k2, lambda_value, out, memory_budget, block_rows, timings)
     return out if isinstance(q_g_dist, torch.Tensor) else out.numpy()
 
 
 @torch.no_grad()
 def re_ranking_features(
     q_feat, g_feat, k1=20, k2=6, lambda_value=0.3, metric="euclidean", chunk_size=None,
-    memory_budget=DEFAULT_MEMORY_BUDGET,
+    memory_budget=DEFAULT_MEMORY_BUDGET, timings=None,
 ):  # fmt: skip
     """k-reciprocal re-ranking from features, never building an N x N matrix (N = q + g).
 
@@ -396,6 +438,8 @@ def re_ranking_features(
         metric (str): ``"euclidean"`` or ``"cosine"``, see :func:`pairwise_distance`.
         chunk_size (int | None): rows of the joint distance matrix per GEMM block.
         memory_budget (int): bytes of temporaries per block (and per sparse chunk).
+        timings (dict | None): if given, receives the seconds each of :data:`STAGES` took
+            (synchronised on CUDA); ``"neighbours"`` includes the distance GEMMs.
 
     Returns:
         np.ndarray | Tensor: (q, g) float32 re-ranked distances, NumPy for NumPy features, else a
@@ -415,5 +459,5 @@ def re_ranking_features(
         chunk_size = max(1, memory_budget // source.bytes_per_row)
     chunk_size = _check_int("chunk_size", chunk_size)
     out = torch.empty(q.shape[0], g.shape[0], dtype=torch.float32, device=q.device)
-    _rerank(source, k1, k2, lambda_value, out, memory_budget, chunk_size)
+    _rerank(source, k1, k2, lambda_value, out, memory_budget, chunk_size, timings)
     return out if isinstance(q_feat, torch.Tensor) else out.numpy()

@@ -136,3 +136,4 @@ def test_rerank_matches_the_reference_and_logs_both(metric, caplog):
     assert ours["mAP"] != pytest.approx(plain["mAP"], abs=1e-3)  # re-ranking changed something
     assert "without re-ranking" in caplog.text and "re-ranked (k1=20" in caplog.text
     assert "re-ranking" in [r.getMessage() for r in caplog.records if "stages" in r.getMessage()][0]
+    assert "Re-ranking on cpu: neighbours" in caplog.text and "jaccard" in caplog.text

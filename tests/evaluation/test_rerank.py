@@ -8,7 +8,7 @@ import torch
 from fastreid.evaluation.rerank import re_ranking as reference
 
 from kdreid.evaluation import evaluate_rank, jaccard_triton, re_ranking, re_ranking_features
-from kdreid.evaluation.rerank import _ordered_topk, pairwise_distance
+from kdreid.evaluation.rerank import STAGES, _ordered_topk, pairwise_distance
 
 TOL = 1e-5
 
@@ -123,6 +123,21 @@ def test_small_memory_budget_changes_nothing():
     assert_close(matrix, full)
 
 
+@pytest.mark.parametrize("k2", [1, 6])
+def test_timings_report_every_stage_and_change_nothing(k2):
+    """``timings`` gets one non-negative figure per stage (no query expansion with k2 = 1)."""
+    q_feat, g_feat, _, _ = clustered_features(7, 20, 90)
+    plain = re_ranking_features(q_feat, g_feat, k2=k2).numpy()
+    for run in (re_ranking_features, lambda q, g, **kw: re_ranking(*matrices(q, g), **kw)):
+        times = {}
+        out = run(q_feat, g_feat, k2=k2, timings=times)
+        out = out.numpy() if isinstance(out, torch.Tensor) else out
+        assert_close(out, plain)
+        expected = [s for s in STAGES if k2 != 1 or s != "query expansion"]
+        assert list(times) == expected
+        assert all(isinstance(t, float) and t >= 0 for t in times.values())
+
+
 def test_float64_and_tensor_inputs():
     q_feat, g_feat, _, _ = clustered_features(11, 10, 50)
     q_g, q_q, g_g = (m.astype(np.float64) for m in matrices(q_feat.double(), g_feat.double()))
@@ -213,8 +228,11 @@ def test_pipeline_with_interpreted_kernel(monkeypatch):
 def test_cuda_equals_cpu(metric):
     q_feat, g_feat, _, _ = clustered_features(19, 50, 400)
     on_cpu = re_ranking_features(q_feat, g_feat, metric=metric)
-    on_gpu = re_ranking_features(q_feat.cuda(), g_feat.cuda(), metric=metric, chunk_size=64)
-    assert on_gpu.device.type == "cuda"
+    times = {}
+    on_gpu = re_ranking_features(
+        q_feat.cuda(), g_feat.cuda(), metric=metric, chunk_size=64, timings=times
+    )
+    assert on_gpu.device.type == "cuda" and list(times) == list(STAGES)
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=TOL)
     matrix = re_ranking(*(torch.from_numpy(m).cuda() for m in matrices(q_feat, g_feat, metric)))
     torch.testing.assert_close(matrix.cpu(), on_cpu, rtol=0, atol=TOL)

@@ -1,0 +1,92 @@
+"""benchmarks/retrieval.py at a tiny scale: every section runs, its checks pass on correct code
+and fail on wrong code (the figures themselves are the benchmark's business, not the tests')."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import REPO
+
+BENCHMARKS = os.path.join(REPO, "benchmarks")
+SCRIPT = os.path.join(BENCHMARKS, "retrieval.py")
+TINY = ["--scale", "0.03", "--repeats", "1", "--msmt-scale", "0.004", "--msmt-dim", "16"]
+
+
+@pytest.fixture(scope="module")
+def retrieval():
+    """The script as a module; it imports ``_fastreid_cython`` from its own folder."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        spec = importlib.util.spec_from_file_location("retrieval_benchmark", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(BENCHMARKS)
+    return module
+
+
+def test_every_section_runs_and_agrees():
+    sections = ["eval", "rerank", "rerank_features", "rerank_msmt"]
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--sections", *sections, "--device", "cpu", *TINY],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "MISMATCH" not in out and "RESULTS DIFFER" not in out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    for section in sections:
+        assert any(line.startswith(f"| {section} ") for line in table), section
+    rows = {line.split("|")[2].strip(): line for line in table}
+    assert "same results" in next(v for k, v in rows.items() if k.endswith("threads"))
+    assert "same as above" in rows["kdreid evaluate_rank, 1 thread"]
+    assert "same metrics" in rows["kdreid re_ranking"]
+    features = next(line for name, line in rows.items() if name.startswith("kdreid features"))
+    assert "same metrics" in features and "CPU" in features
+    for stage in ("neighbours", "encoding", "query expansion", "jaccard", "evaluation"):
+        assert f"stage: {stage}" in rows, stage
+
+
+def test_rerank_features_section_catches_a_wrong_result(retrieval, monkeypatch, capsys):
+    """A re-ranking off by 1e-3 is reported as a mismatch, and the exit status is 1."""
+    right = retrieval.re_ranking_features
+
+    def off_by_a_little(*args, **kwargs):
+        return right(*args, **kwargs) + 1e-3
+
+    monkeypatch.setattr(retrieval, "re_ranking_features", off_by_a_little)
+    status = retrieval.main(["--sections", "rerank_features", "--device", "cpu", *TINY])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "rerank_features: distances differ by 1.00e-03" in out and "RESULTS DIFFER" in out
+
+
+def test_stage_rows_add_up(retrieval):
+    """The stages of one run account for its total (they are consecutive intervals)."""
+    work = retrieval.Workload(seed=1, **retrieval.scaled(retrieval.MARKET, 0.02))
+    results = retrieval.Results()
+    args = retrieval.parse_args(["--device", "cpu", "--repeats", "2"])
+    args.device = retrieval.resolve_device(args.device)
+    retrieval.section_rerank_features(work, args, results)
+    rows = {row.method.strip(): row for row in results.rows}
+    total = next(row for name, row in rows.items() if name.startswith("kdreid features"))
+    stages = [rows[f"stage: {s}"] for s in (*retrieval.STAGES, "evaluation")]
+    summed = np.sum([row.times for row in stages], axis=0)
+    assert np.all(summed <= np.asarray(total.times) + 1e-6)
+    assert np.all(summed >= 0.5 * np.asarray(total.times))
+    assert not results.failures
+
+
+def test_cuda_refused_without_a_gpu(retrieval):
+    if retrieval.torch.cuda.is_available():
+        assert retrieval.resolve_device("cuda").type == "cuda"
+        return
+    with pytest.raises(SystemExit, match="--device cuda, but torch sees no CUDA device"):
+        retrieval.resolve_device("cuda")
+    assert retrieval.resolve_device("auto").type == "cpu"
