@@ -32,7 +32,8 @@ def retrieval():
 def test_every_section_runs_and_agrees():
     sections = ["eval", "rerank", "rerank_features", "rerank_msmt"]
     done = subprocess.run(
-        [sys.executable, SCRIPT, "--sections", *sections, "--device", "cpu", *TINY],
+        [sys.executable, SCRIPT, "--sections", *sections, "--device", "cpu", *TINY]
+        + ["--memory-budgets", "64", "1"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -43,14 +44,17 @@ def test_every_section_runs_and_agrees():
     table = [line for line in out.splitlines() if line.startswith("| ")]
     for section in sections:
         assert any(line.startswith(f"| {section} ") for line in table), section
-    rows = {line.split("|")[2].strip(): line for line in table}
+    names = [line.split("|")[2].strip() for line in table]
+    rows = dict(zip(names, table))
     assert "same results" in next(v for k, v in rows.items() if k.endswith("threads"))
     assert "same as above" in rows["kdreid evaluate_rank, 1 thread"]
     assert "same metrics" in rows["kdreid re_ranking"]
-    features = next(line for name, line in rows.items() if name.startswith("kdreid features"))
-    assert "same metrics" in features and "CPU" in features
+    features = [line for name, line in rows.items() if name.startswith("kdreid features")]
+    assert len(features) == 2  # one per memory budget
+    assert "budget 64 MiB (default)" in features[0] and "budget 1 MiB" in features[1]
+    assert all("same metrics" in line and "CPU" in line for line in features)
     for stage in ("neighbours", "encoding", "query expansion", "jaccard", "evaluation"):
-        assert f"stage: {stage}" in rows, stage
+        assert names.count(f"stage: {stage}") == 2, stage
 
 
 def test_rerank_features_section_catches_a_wrong_result(retrieval, monkeypatch, capsys):

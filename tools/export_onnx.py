@@ -31,6 +31,7 @@ from torch import nn
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
 from kdreid.engine import load_weights_strict
+from kdreid.engine.checkpoint import prepare_output_dir
 from kdreid.engine.defaults import deployed_model, report_user_errors
 from kdreid.errors import ConfigError, WeightsError
 
@@ -225,15 +226,18 @@ def export(
 
     Raises:
         WeightsError: missing or unfitting weights.
-        ConfigError: a batch size below 1.
+        ConfigError: a batch size below 1, or ``output`` is a folder.
+        OutputDirError: the folder of ``output`` cannot be created or written.
         ExportMismatchError: onnxruntime does not reproduce PyTorch's output.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
+    if os.path.isdir(output):
+        raise ConfigError(f"--output '{output}' is a folder; name the ONNX file to write.")
+    folder = os.path.dirname(os.path.abspath(output))
+    prepare_output_dir(folder)  # before the slow part
     size = tuple(cfg.INPUT.SIZE_TEST)
     model = build_deployable(cfg)
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(output)}.{os.getpid()}.tmp")
     try:
         write_onnx(model, tmp, size, opset)

@@ -32,6 +32,7 @@ from fastreid.utils.logger import setup_logger  # noqa: E402
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device  # noqa: E402
 from kdreid.engine import ProgressLoader, Trainer, load_weights_strict  # noqa: E402
 from kdreid.engine.checkpoint import prepare_output_dir  # noqa: E402
+from kdreid.engine.checks import check_config, check_opts, check_registered  # noqa: E402
 from kdreid.engine.defaults import report_user_errors  # noqa: E402
 from kdreid.errors import ConfigError, OutputDirError, UserInputError  # noqa: E402
 from kdreid.evaluation import evaluate_rank  # noqa: E402
@@ -83,7 +84,11 @@ def parse_args(argv=None):
 def build_cfg(args):
     cfg = get_cfg()
     merge_from_file(cfg, args.config_file)
+    check_opts(args.opts)
     merge_from_list(cfg, args.opts)
+    check_config(cfg, training=False)
+    if args.dataset:
+        check_registered([args.dataset], "--dataset")
     cfg.MODEL.BACKBONE.PRETRAIN = False  # every weight comes from MODEL.WEIGHTS
     resolve_device(cfg)
     cfg.freeze()

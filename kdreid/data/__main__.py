@@ -13,7 +13,9 @@ from kdreid.data.synthreid import SYNTHREID_SIZES, generate_synthreid
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kdreid.data", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--size", choices=sorted(SYNTHREID_SIZES), default="small")
     parser.add_argument(
         "--root",
@@ -22,7 +24,7 @@ def main(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the line below says it
     start = time.perf_counter()
     path = generate_synthreid(args.root, args.size, seed=args.seed)
     spec = SYNTHREID_SIZES[args.size]

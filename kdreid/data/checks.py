@@ -32,6 +32,11 @@ def read_image(file_name, format=None):
         ) from exc
 
 
+PREFERRED_SUBFOLDER = {"Market1501": "Market-1501-v15.09.15"}
+"""Datasets whose FastReID loader prefers the files in a subfolder and otherwise falls back to a
+layout it calls deprecated."""
+
+
 def check_before_run(self, required_files):
     """Replacement for ``Dataset.check_before_run`` that explains the expected layout."""
     if isinstance(required_files, str):
@@ -40,10 +45,22 @@ def check_before_run(self, required_files):
     if not missing:
         return
     root = build._root  # FastReID reads $FASTREID_DATASETS once, when fastreid.data is imported
+    layout = "Expected this layout"
+    subfolder = PREFERRED_SUBFOLDER.get(type(self).__name__)
+    data_dir = getattr(self, "data_dir", None)
+    if subfolder and data_dir and os.path.basename(os.path.normpath(data_dir)) != subfolder:
+        # FastReID fell back to its deprecated layout (and warned): show the one it asks for.
+        preferred = os.path.join(data_dir, subfolder)
+        required_files = [
+            os.path.normpath(os.path.join(preferred, os.path.relpath(path, data_dir)))
+            for path in required_files
+        ]
+        missing = [path for path in required_files if not os.path.exists(path)]
+        layout += f" (or, deprecated, the same folders directly in '{os.path.normpath(data_dir)}')"
     expected = "\n".join(f"  {path}" for path in required_files)
     raise DatasetNotFoundError(
         f"Dataset {type(self).__name__}: '{missing[0]}' is not found.\n"
-        f"Expected this layout:\n{expected}\n"
+        f"{layout}:\n{expected}\n"
         f"Datasets are read from $FASTREID_DATASETS (now '{root}', resolved to "
         f"'{os.path.abspath(root)}'); download the dataset there or point the variable at it."
     )

@@ -23,7 +23,8 @@ from fastreid.utils.logger import setup_logger
 
 from kdreid.benchmark import format_record, profile_model, write_record
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
-from kdreid.engine.checkpoint import load_weights_strict
+from kdreid.engine.checkpoint import load_weights_strict, prepare_output_dir
+from kdreid.engine.checks import check_config, check_opts
 from kdreid.engine.trainer import Trainer
 from kdreid.errors import ConfigError, UserInputError
 
@@ -57,12 +58,17 @@ def setup(args):
     """Build the frozen config from ``--config-file`` and the command-line options, set up logging.
 
     Raises:
-        ConfigError: the file is missing or a key is unknown.
+        ConfigError: the file is missing, a key is unknown or a value cannot work
+            (:func:`kdreid.engine.checks.check_config`).
+        OutputDirError: ``OUTPUT_DIR`` cannot be created or written.
     """
     cfg = get_cfg()
     if args.config_file:
         merge_from_file(cfg, args.config_file)
+    check_opts(args.opts or [])
     merge_from_list(cfg, args.opts or [])
+    check_config(cfg, training=not getattr(args, "eval_only", False))
+    prepare_output_dir(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     for name in LOGGERS:
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
@@ -219,6 +225,13 @@ def launch_main(args, trainer_cls=Trainer):
     Bad input (:class:`kdreid.errors.UserInputError`) is printed as one message, exit status 2.
     """
     available = torch.cuda.device_count()
+    if args.num_machines > 1 and not available:
+        print(
+            f"error: --num-machines {args.num_machines} needs CUDA (FastReID's multi-machine "
+            "launch uses NCCL), and torch sees no GPU here.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     if args.num_gpus > 1 and args.num_gpus > available:
         print(
             f"error: --num-gpus {args.num_gpus} but torch sees {available} GPU(s); "

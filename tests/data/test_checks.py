@@ -20,6 +20,22 @@ def test_missing_dataset_names_path_and_layout(tmp_path):
     assert str(tmp_path) in message
     assert "bounding_box_train" in message and "query" in message  # the expected layout
     assert "FASTREID_DATASETS" in message
+    # the layout FastReID asks for (it warns that the other one is deprecated), not the old one
+    preferred = tmp_path / "Market-1501-v15.09.15"
+    assert f"'{preferred}' is not found" in message
+    assert f"\n  {preferred / 'bounding_box_train'}\n" in message
+    assert f"deprecated, the same folders directly in '{tmp_path}'" in message
+
+
+def test_missing_dataset_with_its_folder_there_names_the_missing_part(tmp_path):
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    (tmp_path / "Market-1501-v15.09.15" / "bounding_box_train").mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError) as info:
+        DATASET_REGISTRY.get("Market1501")(root=str(tmp_path))
+    message = str(info.value)
+    assert f"'{tmp_path / 'Market-1501-v15.09.15' / 'query'}' is not found" in message
+    assert "deprecated" not in message
 
 
 def test_missing_dataset_through_the_trainer(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from fastreid.modeling import build_model
 
-from kdreid.errors import WeightsError
+from kdreid.errors import ConfigError, OutputDirError, WeightsError
 from tests.conftest import REPO
 
 TOOL = os.path.join(REPO, "tools", "export_onnx.py")
@@ -147,3 +147,18 @@ def test_missing_weights_is_one_line_error(tmp_path):
         "path/to/model_final.pth."
     ]
     assert not output.exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "unwritable"])
+def test_output_that_cannot_be_written_is_refused_before_building(tmp_path, where, monkeypatch):
+    def never(cfg):
+        raise AssertionError("the model was built before the output was checked")
+
+    monkeypatch.setattr(tool, "build_deployable", never)
+    cfg = tool.build_cfg(TINY, [])
+    if where == "folder":
+        with pytest.raises(ConfigError, match=f"--output '{tmp_path}' is a folder"):
+            tool.export(cfg, str(tmp_path), latency_runs=0)
+    else:
+        with pytest.raises(OutputDirError, match="Cannot write the output folder '/proc/x'"):
+            tool.export(cfg, "/proc/x/model.onnx", latency_runs=0)

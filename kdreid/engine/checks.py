@@ -1,0 +1,111 @@
+"""Config values that FastReID accepts and then fails on late, obscurely, or never (a sampler that
+loops forever): checked once, before anything is built, with an error naming the key."""
+
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.utils import comm
+
+from kdreid.errors import ConfigError
+
+__all__ = [
+    "check_config",
+    "check_opts",
+    "check_registered",
+    "IDENTITY_SAMPLERS",
+    "TRAINING_SAMPLERS",
+]
+
+IDENTITY_SAMPLERS = ("NaiveIdentitySampler", "BalancedIdentitySampler", "SetReWeightSampler")
+"""FastReID's samplers that draw ``NUM_INSTANCE`` images of each identity in a batch; each yields a
+batch only once it holds exactly the per-process batch, so one that ``NUM_INSTANCE`` does not
+divide never comes and training hangs."""
+
+TRAINING_SAMPLERS = ("TrainingSampler", "ImbalancedDatasetSampler", *IDENTITY_SAMPLERS)
+"""``DATALOADER.SAMPLER_TRAIN`` values FastReID's training loader knows."""
+
+
+def _positive(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, int) or node < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {node!r}.")
+    return node
+
+
+def check_registered(names, key):
+    """Every name in ``names`` is a registered dataset; ``key`` says where they came from.
+
+    Raises:
+        ConfigError: an unknown or no name, listing the registered ones.
+    """
+    known = sorted(DATASET_REGISTRY._obj_map)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"{key} names {', '.join(repr(n) for n in unknown)}, which is not a registered "
+            f"dataset; registered: {', '.join(known)}."
+        )
+    if not names:
+        raise ConfigError(f"{key} is empty: name at least one dataset ({', '.join(known)}).")
+
+
+def check_opts(opts):
+    """``KEY VALUE`` overrides come last on a command line and take everything after them: a flag
+    among them (``... MODEL.WEIGHTS w.pth --eval-only``) was meant for the parser.
+
+    Raises:
+        ConfigError: naming the flag and where it goes.
+    """
+    flags = [item for item in opts if str(item).startswith("--")]
+    if flags:
+        raise ConfigError(
+            f"'{flags[0]}' comes after the KEY VALUE config options, which take everything that "
+            "follows them: put the flags first, then the KEY VALUE pairs."
+        )
+
+
+def check_config(cfg, training=True):
+    """Refuse values that cannot work, before any model or data loader is built.
+
+    Always: ``TEST.IMS_PER_BATCH`` >= 1 and ``DATASETS.TESTS`` registered. For training also:
+    ``SOLVER.IMS_PER_BATCH`` and ``SOLVER.MAX_EPOCH`` >= 1, ``DATASETS.NAMES`` registered, a known
+    ``DATALOADER.SAMPLER_TRAIN``, and for identity samplers a batch that splits evenly over the
+    processes and then into ``DATALOADER.NUM_INSTANCE`` images per identity.
+
+    Args:
+        cfg: the merged config.
+        training (bool): the run trains (not ``--eval-only``).
+
+    Raises:
+        ConfigError: naming the key, its value and what would work.
+    """
+    _positive(cfg, "TEST.IMS_PER_BATCH")
+    check_registered(list(cfg.DATASETS.TESTS), "DATASETS.TESTS")
+    if not training:
+        return
+    batch = _positive(cfg, "SOLVER.IMS_PER_BATCH")
+    _positive(cfg, "SOLVER.MAX_EPOCH")
+    check_registered(list(cfg.DATASETS.NAMES), "DATASETS.NAMES")
+    sampler = cfg.DATALOADER.SAMPLER_TRAIN
+    if sampler not in TRAINING_SAMPLERS:
+        raise ConfigError(
+            f"DATALOADER.SAMPLER_TRAIN '{sampler}' is not a training sampler of FastReID's; use "
+            f"one of {', '.join(TRAINING_SAMPLERS)}."
+        )
+    if sampler not in IDENTITY_SAMPLERS:
+        return
+    instances = _positive(cfg, "DATALOADER.NUM_INSTANCE")
+    world = comm.get_world_size()
+    if batch % world:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {batch} does not split evenly over {world} processes."
+        )
+    per_process = batch // world
+    if per_process % instances:
+        where = f" per process ({batch} / {world})" if world > 1 else ""
+        raise ConfigError(
+            f"{sampler} fills each batch with DATALOADER.NUM_INSTANCE {instances} images per "
+            f"identity, which does not divide the batch of {per_process}{where} "
+            f"(SOLVER.IMS_PER_BATCH): the sampler would never complete a batch. Use a multiple "
+            f"of {instances} for the batch, or a NUM_INSTANCE that divides {per_process}."
+        )

@@ -1,0 +1,110 @@
+"""Config values that cannot work are refused before anything is built, naming the key."""
+
+import argparse
+
+import pytest
+import torch
+
+from kdreid.config import get_cfg, merge_from_file, merge_from_list
+from kdreid.engine import checks
+from kdreid.engine.checks import check_config
+from kdreid.engine.defaults import launch_main, setup
+from kdreid.errors import ConfigError, OutputDirError
+
+from ..conftest import REPO
+
+TINY = f"{REPO}/configs/Synthetic/tiny.yml"  # batch 16, NaiveIdentitySampler, 4 instances
+
+
+def tiny(*opts):
+    cfg = get_cfg()
+    merge_from_file(cfg, TINY)
+    merge_from_list(cfg, list(opts))
+    return cfg
+
+
+def test_the_shipped_tiny_config_passes():
+    check_config(tiny())
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        # 16 images in batches of 7 per identity: FastReID's sampler never yields (a hang)
+        (["DATALOADER.NUM_INSTANCE", "7"], "NUM_INSTANCE 7 .* does not divide the batch of 16"),
+        (["DATALOADER.NUM_INSTANCE", "32"], "NUM_INSTANCE 32 .* does not divide the batch of 16"),
+        (["DATALOADER.NUM_INSTANCE", "0"], "DATALOADER.NUM_INSTANCE must be a positive integer"),
+        (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be a positive integer, got 0"),
+        (["SOLVER.IMS_PER_BATCH", "-16"], "SOLVER.IMS_PER_BATCH must be a positive integer"),
+        (["TEST.IMS_PER_BATCH", "0"], "TEST.IMS_PER_BATCH must be a positive integer"),
+        (["SOLVER.MAX_EPOCH", "0"], "SOLVER.MAX_EPOCH must be a positive integer, got 0"),
+        (["DATASETS.NAMES", "('Nope',)"], "DATASETS.NAMES names 'Nope', which is not a regis"),
+        (["DATASETS.TESTS", "('Nope',)"], "DATASETS.TESTS names 'Nope'.*SynthReIDTiny"),
+        (["DATASETS.NAMES", "()"], "DATASETS.NAMES is empty"),
+        (["DATALOADER.SAMPLER_TRAIN", "Foo"], "SAMPLER_TRAIN 'Foo' is not a training sampler"),
+    ],
+)
+def test_values_that_cannot_work_are_refused(opts, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(tiny(*opts))
+
+
+def test_any_batch_goes_with_a_sampler_that_draws_no_identities():
+    check_config(
+        tiny("DATALOADER.SAMPLER_TRAIN", "TrainingSampler", "DATALOADER.NUM_INSTANCE", "7")
+    )
+
+
+def test_the_batch_is_split_over_processes_first(monkeypatch):
+    monkeypatch.setattr(checks.comm, "get_world_size", lambda: 2)
+    check_config(tiny())  # 8 per process, 4 per identity
+    with pytest.raises(ConfigError, match=r"batch of 6 per process \(12 / 2\)"):
+        check_config(tiny("SOLVER.IMS_PER_BATCH", "12"))
+    with pytest.raises(ConfigError, match="does not split evenly over 2 processes"):
+        check_config(tiny("SOLVER.IMS_PER_BATCH", "15", "DATALOADER.NUM_INSTANCE", "1"))
+
+
+def test_evaluation_ignores_the_training_keys():
+    check_config(tiny("SOLVER.MAX_EPOCH", "0", "DATALOADER.NUM_INSTANCE", "7"), training=False)
+    with pytest.raises(ConfigError, match="DATASETS.TESTS"):
+        check_config(tiny("DATASETS.TESTS", "('Nope',)"), training=False)
+
+
+def args(tmp_path, *opts, eval_only=False):
+    return argparse.Namespace(
+        config_file=TINY, opts=["OUTPUT_DIR", str(tmp_path), *opts], eval_only=eval_only,
+        resume=False, num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto",
+    )  # fmt: skip
+
+
+def test_setup_checks_before_it_writes_anything(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="NUM_INSTANCE 7"):
+        setup(args(out, "DATALOADER.NUM_INSTANCE", "7"))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("make", ["file", "unwritable"])
+def test_setup_refuses_an_output_dir_it_cannot_write(tmp_path, make):
+    if make == "file":
+        out = tmp_path / "a_file"
+        out.write_text("not a folder")
+    else:
+        out = "/proc/kdreid-cannot-be-made"
+    with pytest.raises(OutputDirError, match="Cannot write the output folder"):
+        setup(args(out))
+
+
+def test_a_flag_after_the_overrides_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="'--eval-only' comes after the KEY VALUE config options"):
+        setup(args(tmp_path / "run", "MODEL.WEIGHTS", "w.pth", "--eval-only", "--resume"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_several_machines_without_cuda_is_one_line(tmp_path, capsys):
+    launch_args = args(tmp_path / "run")
+    launch_args.num_machines = 2
+    with pytest.raises(SystemExit) as info:
+        launch_main(launch_args)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --num-machines 2 needs CUDA")
