@@ -7,13 +7,17 @@ project by name.
 """
 
 import difflib
+import functools
 import logging
 import os
 from importlib.metadata import entry_points
 
 import torch
+import yacs.config
+import yaml
 from fastreid.config import CfgNode
 from fastreid.config import get_cfg as get_fastreid_cfg
+from fastreid.config.config import BASE_KEY
 
 from kdreid.errors import ConfigError
 
@@ -129,27 +133,190 @@ def _key_exists(cfg: CfgNode, key: str) -> bool:
     return True
 
 
+# --- int where a float is expected --------------------------------------------------------------
+# yacs refuses an int for a float key ("Type mismatch (<class 'float'> vs. <class 'int'>)"), so
+# `MODEL.SPEEDKD.TEMPERATURE 2` fails where `2.0` works. Both CfgNode.merge_from_list and the
+# file merge (yacs.config._merge_a_into_b) look up the module-level function
+# yacs.config._check_and_coerce_cfg_value_type at call time, so one wrapper around it, installed
+# once when this module is imported, covers the command line and every config file. It converts an
+# int (a bool is not an int here) to float where the default is a float and leaves every other
+# case to yacs; a mismatch yacs refuses is re-raised as _TypeMismatch, a ValueError with yacs's
+# message that also carries the key and both values, so our callers can word the error.
+
+
+class _TypeMismatch(ValueError):
+    def __init__(self, message, full_key, original, replacement):
+        super().__init__(message)
+        self.full_key = full_key
+        self.original = original
+        self.replacement = replacement
+
+
+def _install_int_to_float_coercion() -> None:
+    if getattr(yacs.config._check_and_coerce_cfg_value_type, "_kdreid_wrapper", False):
+        return
+    check = yacs.config._check_and_coerce_cfg_value_type
+
+    @functools.wraps(check)
+    def check_and_coerce(replacement, original, key, full_key):
+        if type(original) is float and type(replacement) is int:
+            return float(replacement)
+        try:
+            return check(replacement, original, key, full_key)
+        except ValueError as exc:
+            raise _TypeMismatch(str(exc), full_key, original, replacement) from None
+
+    check_and_coerce._kdreid_wrapper = True
+    yacs.config._check_and_coerce_cfg_value_type = check_and_coerce
+
+
+_install_int_to_float_coercion()
+
+
+def _expected_type(value) -> str:
+    if isinstance(value, CfgNode):
+        return "a section of keys"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return {bool: "a bool", int: "an int", float: "a float", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _type_mismatch(exc: _TypeMismatch, source: str) -> ConfigError:
+    got = exc.replacement
+    got = dict(got) if isinstance(got, CfgNode) else got
+    return ConfigError(
+        f"Config key {exc.full_key} in {source} expects {_expected_type(exc.original)} "
+        f"(default {exc.original!r}), got {got!r} ({type(got).__name__})."
+    )
+
+
+# --- config files ------------------------------------------------------------------------------
+
+
+def _is_url(name: str) -> bool:
+    return name.startswith(("https://", "http://"))
+
+
+def _read_yaml_mapping(path: str, what: str) -> dict:
+    """Parse one config file; ``what`` names it in errors (the file, or the _BASE_ naming it)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} is a directory, not a YAML file.")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {problem}{where}.") from None
+    except yaml.YAMLError as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {message}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file '{path}' is not UTF-8 text: {exc.reason}.") from None
+    except OSError as exc:
+        raise ConfigError(f"Config file '{path}' cannot be read: {exc.strerror}.") from None
+    # FastReID (like detectron2) would load an empty file as "no changes" only by accident: it
+    # crashes on it. An empty config is almost always a mistake (a wrong or truncated file, a
+    # redirect that failed), and a run on the defaults would silently train the wrong model, so it
+    # is refused like any other file that is not a mapping.
+    if loaded is None:
+        raise ConfigError(
+            f"Config file '{path}' is empty; expected a mapping of config keys (KEY: value)."
+        )
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"Config file '{path}' must be a mapping of config keys (KEY: value), "
+            f"not a {type(loaded).__name__}."
+        )
+    return loaded
+
+
+def _read_config_chain(path: str) -> list:
+    """The file and its ``_BASE_`` files, leaf first, as ``(path, mapping)`` pairs, each checked.
+
+    Resolves ``_BASE_`` as FastReID's ``CfgNode.load_yaml_with_base`` does (``~`` expanded,
+    relative to the naming file; URLs are left to FastReID), so errors name the file at fault.
+    """
+    chain = []
+    seen = set()
+    what = f"Config file '{path}'"
+    while True:
+        mapping = _read_yaml_mapping(path, what)
+        chain.append((path, mapping))
+        seen.add(os.path.realpath(path))
+        if BASE_KEY not in mapping:
+            return chain
+        base = mapping[BASE_KEY]
+        if not isinstance(base, str) or not base:
+            raise ConfigError(
+                f"Config file '{path}' has _BASE_ {base!r}; expected the name of a YAML file."
+            )
+        resolved = os.path.expanduser(base)
+        if _is_url(resolved):
+            return chain
+        if not os.path.isabs(resolved):
+            resolved = os.path.join(os.path.dirname(path), resolved)
+        if os.path.realpath(resolved) in seen:
+            raise ConfigError(
+                f"Config file '{path}' names _BASE_ '{base}' ('{resolved}'), which is already in "
+                "its chain of _BASE_ files (a loop)."
+            )
+        what = f"Config file '{path}' names _BASE_ '{base}' ('{resolved}'), which"
+        path = resolved
+
+
+def _file_setting(chain: list, key: str) -> str:
+    """The file of ``chain`` whose value for ``key`` (dotted) is merged: the first that sets it."""
+    for path, mapping in chain:
+        node = mapping
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return path
+    return chain[0][0]
+
+
 def merge_from_file(cfg: CfgNode, path: str) -> None:
     """Merge a YAML file (with FastReID's ``_BASE_`` inheritance) into ``cfg``.
 
+    An int is accepted for a float key (converted to float). Every file of the ``_BASE_`` chain is
+    checked first, so an error names the file at fault.
+
     Raises:
-        ConfigError: the file does not exist, or names a key that no loaded extension defines.
+        ConfigError: a file of the chain is missing, a directory, not valid YAML or not a mapping
+            of keys; a ``_BASE_`` names no file; a key is unknown; a value has the wrong type.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"Config file '{path}' does not exist.")
+    chain = _read_config_chain(path)
     try:
         cfg.merge_from_file(path)
+    except _TypeMismatch as exc:
+        source = f"config file '{_file_setting(chain, exc.full_key)}'"
+        raise _type_mismatch(exc, source) from None
     except KeyError as exc:
         message = str(exc.args[0]) if exc.args else str(exc)
-        key = message.split(":", 1)[-1].strip()
-        raise _unknown_key(cfg, key, f"config file '{path}'") from None
+        prefix = "Non-existent config key:"
+        if not message.startswith(prefix):
+            raise ConfigError(f"Config file '{path}': {message}") from None
+        key = message[len(prefix) :].strip()
+        raise _unknown_key(cfg, key, f"config file '{_file_setting(chain, key)}'") from None
+    except (ValueError, AssertionError) as exc:
+        raise ConfigError(f"Config file '{path}' cannot be merged: {exc}") from None
 
 
 def merge_from_list(cfg: CfgNode, opts) -> None:
     """Merge ``KEY VALUE`` pairs from the command line into ``cfg``.
 
+    An int is accepted for a float key (converted to float).
+
     Raises:
-        ConfigError: an odd number of items, or an unknown key.
+        ConfigError: an odd number of items, an unknown key, or a value of the wrong type.
     """
     if len(opts) % 2:
         raise ConfigError(f"Command-line options must be KEY VALUE pairs; got {list(opts)}.")
@@ -158,6 +325,8 @@ def merge_from_list(cfg: CfgNode, opts) -> None:
             raise _unknown_key(cfg, key, "the command-line options")
     try:
         cfg.merge_from_list(list(opts))
+    except _TypeMismatch as exc:
+        raise _type_mismatch(exc, "the command-line options") from None
     except (ValueError, AssertionError) as exc:
         raise ConfigError(f"Invalid command-line option: {exc}") from None
 

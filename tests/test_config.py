@@ -93,3 +93,96 @@ def test_bad_device_name():
     cfg.MODEL.DEVICE = "gpu0"
     with pytest.raises(ConfigError, match="gpu0"):
         resolve_device(cfg)
+
+
+def _config_error(path) -> str:
+    with pytest.raises(ConfigError) as info:
+        merge_from_file(get_cfg(), str(path))
+    return str(info.value)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yml"
+    path.write_text("MODEL:\n  BACKBONE:\n    DEPTH: 18x\n   NORM: BN\n")
+    message = _config_error(path)
+    assert f"Config file '{path}' is not valid YAML" in message
+    assert "(line 4, column 4)" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "- MODEL\n- SOLVER\n", "hello\n"])
+def test_config_file_must_be_a_mapping(tmp_path, text):
+    path = tmp_path / "notmap.yml"
+    path.write_text(text)
+    message = _config_error(path)
+    assert f"'{path}'" in message and "mapping of config keys" in message
+
+
+def test_missing_base_is_named_with_its_resolved_path(tmp_path):
+    path = tmp_path / "leaf.yml"
+    path.write_text("_BASE_: nothere.yml\nSOLVER:\n  MAX_EPOCH: 3\n")
+    message = _config_error(path)
+    resolved = os.path.join(str(tmp_path), "nothere.yml")
+    assert f"Config file '{path}' names _BASE_ 'nothere.yml' ('{resolved}')" in message
+    assert "does not exist" in message
+
+
+def test_errors_inside_a_base_name_the_base(tmp_path):
+    (tmp_path / "sub").mkdir()
+    base = tmp_path / "sub" / "base.yml"
+    leaf = tmp_path / "leaf.yml"
+    leaf.write_text("_BASE_: sub/base.yml\nSOLVER:\n  MAX_EPOCH: 3\n")
+    base.write_text("SOLVER:\n  MAX_EPOCH: 3\n IMS_PER_BATCH: 2\n")
+    message = _config_error(leaf)
+    assert "base.yml' is not valid YAML" in message and "(line 3, column 2)" in message
+    base.write_text("SOLVER:\n  MAX_EPOCHS: 3\n")
+    message = _config_error(leaf)
+    assert "SOLVER.MAX_EPOCHS" in message and "base.yml'" in message and "leaf.yml" not in message
+
+
+def test_base_loop_is_refused(tmp_path):
+    path = tmp_path / "self.yml"
+    path.write_text("_BASE_: self.yml\n")
+    assert "loop" in _config_error(path)
+
+
+def test_directory_as_config_file(tmp_path):
+    message = _config_error(tmp_path)
+    assert f"'{tmp_path}' is a directory, not a YAML file" in message
+
+
+def test_int_for_float_key_on_command_line():
+    cfg = get_cfg()
+    merge_from_list(cfg, ["MODEL.SPEEDKD.TEMPERATURE", "2"])
+    assert cfg.MODEL.SPEEDKD.TEMPERATURE == 2.0
+    assert type(cfg.MODEL.SPEEDKD.TEMPERATURE) is float
+
+
+def test_int_for_float_key_in_file(tmp_path):
+    path = tmp_path / "int.yml"
+    path.write_text("MODEL:\n  SPEEDKD:\n    TEMPERATURE: 2\n")
+    cfg = get_cfg()
+    merge_from_file(cfg, str(path))
+    assert cfg.MODEL.SPEEDKD.TEMPERATURE == 2.0
+    assert type(cfg.MODEL.SPEEDKD.TEMPERATURE) is float
+
+
+def test_bool_for_float_key_is_still_refused():
+    with pytest.raises(ConfigError, match="expects a float"):
+        merge_from_list(get_cfg(), ["MODEL.SPEEDKD.TEMPERATURE", "True"])
+
+
+def test_string_for_float_key_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        merge_from_list(get_cfg(), ["MODEL.SPEEDKD.TEMPERATURE", "warm"])
+    message = str(info.value)
+    assert "MODEL.SPEEDKD.TEMPERATURE" in message and "'warm'" in message
+    assert "expects a float" in message and "command-line" in message
+
+    base = tmp_path / "base.yml"
+    base.write_text("MODEL:\n  SPEEDKD:\n    TEMPERATURE: warm\n")
+    leaf = tmp_path / "leaf.yml"
+    leaf.write_text("_BASE_: base.yml\n")
+    message = _config_error(leaf)
+    assert "MODEL.SPEEDKD.TEMPERATURE" in message and "'warm'" in message
+    assert "expects a float" in message and f"'{base}'" in message
