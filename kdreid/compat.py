@@ -30,6 +30,8 @@ import functools
 import importlib.util
 import logging
 import math
+import os
+import pickle
 import sys
 import types
 import warnings
@@ -45,7 +47,17 @@ _applied = False
 
 
 class CheckpointLoadError(RuntimeError):
-    """A checkpoint file could not be read as plain tensors."""
+    """A checkpoint file could not be read as plain tensors.
+
+    Attributes:
+        path (str): the file.
+        problem (str): what is wrong with it, as a predicate ("is not a PyTorch checkpoint ...").
+    """
+
+    def __init__(self, path, problem):
+        super().__init__(f"Cannot load checkpoint '{path}': it {problem}")
+        self.path = path
+        self.problem = problem
 
 
 def restore_collections_aliases():
@@ -220,6 +232,40 @@ def verify_results_raises():
     testing.verify_results = verify_results
 
 
+# The first bytes of a file written by ``torch.save``: a zip archive (torch >= 1.6) or a pickle
+# (the legacy format, protocol 2 or later).
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def checkpoint_format_problem(path):
+    """What makes ``path`` unreadable as a ``torch.save`` file, judged from its first bytes.
+
+    Args:
+        path (str): a local path.
+
+    Returns:
+        str or None: ``"does not exist"``, ``"is a directory, not a checkpoint file"``, ``"is
+        empty"`` or ``"is not a PyTorch checkpoint (...)"``; None when it starts like one.
+    """
+    if os.path.isdir(path):
+        return "is a directory, not a checkpoint file"
+    if not os.path.exists(path):
+        return "does not exist"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if not head:
+        return "is empty"
+    if not head.startswith(_TORCH_SAVE_MAGIC):
+        return (
+            "is not a PyTorch checkpoint (a file written by torch.save starts as a zip archive "
+            f"or a pickle; this one starts with {head!r})"
+        )
+    return None
+
+
 def load_checkpoint_file(path):
     """Load a checkpoint without executing pickled code (``torch.load(weights_only=True)``).
 
@@ -231,20 +277,33 @@ def load_checkpoint_file(path):
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        CheckpointLoadError: the file is truncated, not a torch checkpoint, or holds pickled
-            objects other than tensors and plain containers.
+        CheckpointLoadError: ``path`` is a directory, empty, not a torch checkpoint, truncated, or
+            holds pickled objects other than tensors and plain containers.
     """
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such file or directory", path)
+    problem = checkpoint_format_problem(path)
+    if problem:
+        raise CheckpointLoadError(path, f"{problem}.")
     try:
         with open(path, "rb") as f:
             return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise CheckpointLoadError(path, f"is truncated or corrupt ({exc}).") from exc
+        raise CheckpointLoadError(
+            path,
+            "holds pickled Python objects, which kdreid does not load: it reads checkpoints with "
+            "torch.load(weights_only=True), so the file must hold only tensors, numbers, strings "
+            "and containers of them."
+            + "".join(f" {line.strip()}" for line in str(exc).splitlines() if "global" in line),
+        ) from exc
     except Exception as exc:
         raise CheckpointLoadError(
-            f"Cannot load checkpoint '{path}': {type(exc).__name__}: {exc}\n"
-            "kdreid loads checkpoints with torch.load(weights_only=True): the file must be a "
-            "complete torch checkpoint holding only tensors, numbers, strings and containers of "
-            "them (no pickled Python objects)."
+            path,
+            f"is truncated or corrupt ({type(exc).__name__}: {str(exc).split('. ')[0]}).",
         ) from exc
 
 

@@ -7,7 +7,7 @@ import tempfile
 import torch
 from fastreid.utils.checkpoint import Checkpointer
 
-from kdreid.compat import CheckpointLoadError, load_checkpoint_file
+from kdreid.compat import CheckpointLoadError, checkpoint_format_problem, load_checkpoint_file
 from kdreid.errors import OutputDirError, WeightsError
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "atomic_write",
     "fit_state_dict",
     "load_weights_strict",
+    "read_checkpoint",
     "read_state_dict",
 ]
 
@@ -29,6 +30,8 @@ def prepare_output_dir(path):
     Raises:
         OutputDirError: it cannot be created or written.
     """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputDirError(f"Cannot write the output folder '{path}': it is a file, not a folder")
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write_test")
@@ -92,6 +95,72 @@ class AtomicCheckpointer(Checkpointer):
             mode="w",
         )
 
+    # Loading. ``resume_or_load`` reads ``MODEL.WEIGHTS`` (fine-tuning: FastReID's lenient loading,
+    # a classifier of another size is re-initialised) or, with ``--resume``, the checkpoint that
+    # ``last_checkpoint`` names: that one must fit the model exactly (the optimizer state that
+    # comes with it is only valid for the same parameters). Unreadable files are WeightsErrors.
+
+    _resuming = False
+    _loading = ""
+
+    def resume_or_load(self, path, *, resume=True):
+        self._resuming = bool(resume and self.has_checkpoint())
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._resuming = False
+
+    def _tag(self):
+        return os.path.join(self.save_dir, "last_checkpoint")
+
+    def _resume_error(self, path, problem):
+        return WeightsError(
+            f"Cannot resume from '{path}' (named by {self._tag()}): the file {problem}\n"
+            f"Delete it or write the name of an older checkpoint into {self._tag()} (or train "
+            "without --resume)."
+        )
+
+    def load(self, path, checkpointables=None):
+        if path and not os.path.isfile(path):  # FastReID asserts
+            problem = f"{checkpoint_format_problem(path)}."
+            if self._resuming:
+                raise self._resume_error(path, problem)
+            raise WeightsError(f"MODEL.WEIGHTS '{path}' {problem}")
+        self._loading = path
+        return super().load(path, checkpointables=checkpointables)
+
+    def _load_file(self, f):
+        if not self._resuming:
+            checkpoint = read_checkpoint(f, "MODEL.WEIGHTS")
+        else:
+            try:
+                checkpoint = load_checkpoint_file(f)
+            except CheckpointLoadError as exc:
+                raise self._resume_error(f, exc.problem) from exc
+        if not isinstance(checkpoint, dict):
+            checkpoint = {"model": checkpoint}
+        # FastReID's _load_model expects the state dict under "model".
+        checkpoint["model"] = _model_state(checkpoint, f)
+        return checkpoint
+
+    def _load_model(self, checkpoint):
+        if not self._resuming:
+            return super()._load_model(checkpoint)
+        path = self._loading
+        try:
+            unused = fit_state_dict(
+                self.model, checkpoint.pop("model"), f"'{path}' (named by {self._tag()})"
+            )
+        except WeightsError as exc:
+            raise WeightsError(
+                f"{exc}\n--resume continues the run saved in {self.save_dir}, which trained "
+                "another model: resume with that run's config, or train this one in another "
+                "OUTPUT_DIR (or delete the old checkpoints)."
+            ) from None
+        if unused:
+            self.logger.info("Not loaded (training-only or unused): %s", ", ".join(unused))
+        return None
+
 
 def _format_keys(keys, limit=20):
     shown = "\n".join(f"    {k}" for k in keys[:limit])
@@ -119,18 +188,40 @@ def read_state_dict(path, option="MODEL.WEIGHTS"):
         dict[str, Tensor]: the state dict.
 
     Raises:
-        WeightsError: ``path`` is empty, missing, unreadable, or holds no state dict.
+        WeightsError: ``path`` is empty, missing, a directory, not a PyTorch checkpoint,
+            unreadable, or holds no state dict.
+    """
+    return _model_state(read_checkpoint(path, option), path)
+
+
+def read_checkpoint(path, option="MODEL.WEIGHTS"):
+    """Read a checkpoint file without executing pickled code.
+
+    Args:
+        path (str): a checkpoint file.
+        option (str): the config key or flag that named ``path``, for error messages.
+
+    Returns:
+        the file's content (a dict, for every checkpoint kdreid and FastReID write).
+
+    Raises:
+        WeightsError: ``path`` is empty, missing, a directory, not a PyTorch checkpoint, or
+            unreadable (the message says which).
     """
     if not path:
         raise WeightsError(
             f"No weights given: name the checkpoint with {option} path/to/model.pth."
         )
-    if not os.path.isfile(path):
-        raise WeightsError(f"{option} '{path}' does not exist.")
+    if os.path.isdir(path) or not os.path.exists(path):
+        raise WeightsError(f"{option} '{path}' {checkpoint_format_problem(path)}.")
     try:
-        checkpoint = load_checkpoint_file(path)
+        return load_checkpoint_file(path)
     except CheckpointLoadError as exc:
-        raise WeightsError(str(exc)) from exc
+        raise WeightsError(f"Cannot load checkpoint '{path}' ({option}): it {exc.problem}") from exc
+
+
+def _model_state(checkpoint, path):
+    """The model state dict in a checkpoint's content (see :func:`read_state_dict`)."""
     state = checkpoint if isinstance(checkpoint, dict) else None
     for key in ("model", "state_dict"):  # FastReID's checkpoints; ImageNet ones
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -5,8 +5,13 @@ extraction progress, writes checkpoints atomically, refuses to start from ImageN
 not on disk, and reports how far ``--resume`` got.
 """
 
+import contextlib
 import logging
 import os
+import queue
+import sys
+import threading
+import time
 
 from fastreid.data.build import (
     _test_loader_from_config,
@@ -17,14 +22,24 @@ from fastreid.data.transforms import build_transforms as fastreid_transforms
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.utils import comm
+from torch import nn
 from tqdm import tqdm
 
+from kdreid.compat import checkpoint_format_problem
 from kdreid.engine.checkpoint import AtomicCheckpointer
 from kdreid.engine.hooks import DistillationWarmup
-from kdreid.errors import ConfigError
+from kdreid.errors import ConfigError, UserInputError, WeightsError
 from kdreid.evaluation import ReidEvaluator
 
-__all__ = ["Trainer", "ProgressLoader", "check_batch_fits", "check_freeze_layers"]
+__all__ = [
+    "Trainer",
+    "ProgressLoader",
+    "check_batch_fits",
+    "check_freeze_layers",
+    "check_pretrain_weights",
+    "check_pretrain_loaded",
+    "stop_prefetching",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +81,7 @@ def check_pretrain_weights(cfg):
 
     Raises:
         ConfigError: ``MODEL.BACKBONE.PRETRAIN`` is on and ``PRETRAIN_PATH`` is not a file.
+        WeightsError: ``PRETRAIN_PATH`` is not a PyTorch checkpoint.
     """
     if not cfg.MODEL.BACKBONE.PRETRAIN:
         return
@@ -77,6 +93,117 @@ def check_pretrain_weights(cfg):
             "and name them with MODEL.BACKBONE.PRETRAIN_PATH, or train from scratch with "
             "MODEL.BACKBONE.PRETRAIN False."
         )
+    problem = checkpoint_format_problem(path)
+    if problem:
+        raise WeightsError(
+            f"MODEL.BACKBONE.PRETRAIN_PATH '{path}' {problem}: it should hold ImageNet weights "
+            f"for {cfg.MODEL.BACKBONE.NAME}."
+        )
+
+
+@contextlib.contextmanager
+def _recording_lenient_loads():
+    """Record every ``load_state_dict(..., strict=False)`` made inside the block.
+
+    FastReID's backbone builders load ``MODEL.BACKBONE.PRETRAIN_PATH`` that way and only log what
+    did not fit. Yields a list of ``(module, keys of the loaded dict, result or None, error or
+    None)``; the module method is restored when the block ends.
+    """
+    calls = []
+    original = nn.Module.load_state_dict
+
+    def load_state_dict(self, state_dict, strict=True, *args, **kwargs):
+        if strict:
+            return original(self, state_dict, strict, *args, **kwargs)
+        keys = list(state_dict.keys()) if hasattr(state_dict, "keys") else []
+        try:
+            result = original(self, state_dict, strict, *args, **kwargs)
+        except RuntimeError as exc:  # shapes differ: raised whatever ``strict`` says
+            calls.append((self, keys, None, exc))
+            raise
+        calls.append((self, keys, result, None))
+        return result
+
+    nn.Module.load_state_dict = load_state_dict
+    try:
+        yield calls
+    finally:
+        nn.Module.load_state_dict = original
+
+
+def check_pretrain_loaded(cfg, calls, min_fraction=0.5):
+    """The ImageNet weights the backbone builder loaded must be the backbone's.
+
+    Args:
+        cfg: the config (``MODEL.BACKBONE``).
+        calls: what :func:`_recording_lenient_loads` recorded while the model was built.
+        min_fraction (float): the least share of the backbone's parameters the file must provide.
+
+    Raises:
+        WeightsError: the file provides less than ``min_fraction`` of the parameters of the module
+            it was loaded into, or weights of other shapes.
+    """
+    path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
+    expected = f"ImageNet weights for MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME}"
+    if "resnet" in cfg.MODEL.BACKBONE.NAME:
+        expected += f" (DEPTH {cfg.MODEL.BACKBONE.DEPTH})"
+    for module, keys, result, error in calls:
+        if error is not None:
+            raise WeightsError(
+                f"MODEL.BACKBONE.PRETRAIN_PATH '{path}' does not fit the backbone "
+                f"{type(module).__name__}: {str(error).strip()}\nExpected {expected}."
+            ) from error
+        missing = set(result.missing_keys)
+        own = [name for name, _ in module.named_parameters()]
+        provided = sum(name not in missing for name in own)
+        if not own or provided >= min_fraction * len(own):
+            continue
+        example_model = next((name for name in own if name in missing), own[0])
+        example_file = (result.unexpected_keys or keys or ["(none: the file is empty)"])[0]
+        raise WeightsError(
+            f"MODEL.BACKBONE.PRETRAIN_PATH '{path}' provides {provided} of the {len(own)} "
+            f"parameters of the backbone {type(module).__name__} (the backbone has e.g. "
+            f"'{example_model}', the file has e.g. '{example_file}'). Expected {expected}, "
+            "or MODEL.BACKBONE.PRETRAIN False to train from scratch."
+        )
+
+
+def stop_prefetching(loader, timeout=60.0):
+    """Stop the background thread of FastReID's ``DataLoaderX`` (and its loader's workers).
+
+    ``SimpleTrainer`` starts the thread when the trainer is built, and nothing stops it: a thread
+    still loading a batch when the interpreter exits aborts the process ("terminate called without
+    an active exception"). Safe to call more than once, and on any loader.
+    """
+    thread = getattr(loader, "iter", None)
+    if not isinstance(thread, threading.Thread):
+        return
+    exit_event = getattr(thread, "exit_event", None)
+    if exit_event is not None:
+        exit_event.set()
+    deadline = time.monotonic() + timeout
+    # The thread stops after handing over the item it is loading: take items until it ends.
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:
+            thread.queue.get(timeout=0.1)
+        except queue.Empty:
+            pass
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        logger.warning("The training data loader's prefetch thread did not stop in %.0f s", timeout)
+        return
+    shutdown_workers = getattr(getattr(thread, "generator", None), "_shutdown_workers", None)
+    if shutdown_workers is not None:
+        shutdown_workers()
+
+
+class _HideUserErrors(logging.Filter):
+    """Drops FastReID's "Exception during training" record (with its traceback) when the exception
+    is bad input: the entry point prints it as one line and writes the traceback to the log file."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, UserInputError)
 
 
 def check_freeze_layers(cfg, model):
@@ -129,10 +256,36 @@ def check_batch_fits(cfg, dataset):
 class Trainer(DefaultTrainer):
     """FastReID's default training loop, evaluated by :class:`kdreid.evaluation.ReidEvaluator`."""
 
+    def __init__(self, cfg):
+        try:
+            super().__init__(cfg)
+        except BaseException:
+            # The training loader's prefetch thread is started before the hooks are built.
+            self.close()
+            raise
+
+    def close(self):
+        """Stop the training data loader's background work (idempotent)."""
+        trainer = self.__dict__.get("_trainer")
+        if trainer is not None:
+            stop_prefetching(trainer.data_loader)
+
     @classmethod
     def build_model(cls, cfg):
+        """FastReID's model; refused when ``MODEL.BACKBONE.PRETRAIN_PATH`` is missing, not a
+        checkpoint, or not weights of this backbone (FastReID would log every key as missing and
+        train from random weights)."""
         check_pretrain_weights(cfg)
-        return super().build_model(cfg)
+        if not cfg.MODEL.BACKBONE.PRETRAIN:
+            return super().build_model(cfg)
+        with _recording_lenient_loads() as calls:
+            try:
+                model = super().build_model(cfg)
+            except RuntimeError:
+                check_pretrain_loaded(cfg, calls)  # raises WeightsError for a shape mismatch
+                raise
+        check_pretrain_loaded(cfg, calls)
+        return model
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a plain Checkpointer just before calling this method.
@@ -155,7 +308,11 @@ class Trainer(DefaultTrainer):
         return ret
 
     def resume_or_load(self, resume=True):
-        super().resume_or_load(resume=resume)
+        try:
+            super().resume_or_load(resume=resume)
+        except BaseException:
+            self.close()
+            raise
         if resume and self.start_epoch > 0:
             logger.info(
                 "Resumed from %s: continuing at epoch %d (iteration %d) of %d",
@@ -167,6 +324,7 @@ class Trainer(DefaultTrainer):
 
     def train(self):
         if self.start_epoch >= self.max_epoch:
+            self.close()
             logger.info(
                 "Training already finished (epoch %d of %d): evaluating the final model.",
                 self.start_epoch,
@@ -174,7 +332,26 @@ class Trainer(DefaultTrainer):
             )
             self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
-        return super().train()
+        train_loop_logger = logging.getLogger("fastreid.engine.train_loop")
+        hide = _HideUserErrors()
+        train_loop_logger.addFilter(hide)
+        try:
+            return super().train()
+        finally:
+            train_loop_logger.removeFilter(hide)
+            self.close()
+
+    def after_train(self):
+        """After a failed training (FastReID calls this in a ``finally``), the hooks that evaluate
+        or save the model are skipped: the model is not the trained one, and a final checkpoint
+        would make ``--resume`` believe training finished. The others (writers, timer) close."""
+        if sys.exc_info()[0] is None:
+            return super().after_train()
+        self.storage.iter = self.iter
+        for hook in self._hooks:
+            if not isinstance(hook, hooks.EvalHook | hooks.PeriodicCheckpointer):
+                hook.after_train()
+        return None
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,6 +1,8 @@
 """Atomic checkpoints and strict weight loading."""
 
+import argparse
 import os
+import re
 
 import pytest
 import torch
@@ -101,3 +103,29 @@ def test_empty_classifier_is_not_an_error(tmp_path):
     load_weights_strict(evaluated, str(path))
     assert torch.equal(evaluated["feat"].weight, trained["feat"].weight)
     assert evaluated["cls"].weight.shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("directory", "w.pth' is a directory, not a checkpoint file"),
+        ("text", "w.pth' (MODEL.WEIGHTS): it is not a PyTorch checkpoint"),
+        ("empty_file", "w.pth' (MODEL.WEIGHTS): it is empty"),
+        ("objects", "holds pickled Python objects"),
+    ],
+)
+def test_strict_load_says_what_is_wrong_with_the_file(tmp_path, case, words):
+    """A directory is not "missing", a text file is not a checkpoint "with pickled objects"."""
+    path = tmp_path / "w.pth"
+    if case == "directory":
+        path.mkdir()
+    elif case == "text":
+        path.write_text("epoch 3, mAP 80.1\n")
+    elif case == "empty_file":
+        path.write_bytes(b"")
+    else:
+        torch.save({"model": {"w": torch.zeros(1)}, "extra": argparse.Namespace(a=1)}, path)
+    with pytest.raises(WeightsError, match=re.escape(words)) as info:
+        load_weights_strict(_model(), str(path))
+    if case != "objects":
+        assert "pickled" not in str(info.value)

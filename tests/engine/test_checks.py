@@ -91,7 +91,8 @@ def test_setup_refuses_an_output_dir_it_cannot_write(tmp_path, make):
         out.write_text("not a folder")
     else:
         out = "/proc/kdreid-cannot-be-made"
-    with pytest.raises(OutputDirError, match="Cannot write the output folder"):
+    reason = "it is a file, not a folder" if make == "file" else "No such file or directory"
+    with pytest.raises(OutputDirError, match=f"Cannot write the output folder '{out}': {reason}"):
         setup(args(out))
 
 

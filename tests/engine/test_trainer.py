@@ -3,9 +3,11 @@
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -301,3 +303,171 @@ def test_cli_more_gpus_than_present(datasets_root):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "error: --num-gpus 2 but torch sees" in out and "Traceback" not in out
+
+
+def _prefetch_threads():
+    return {t for t in threading.enumerate() if type(t).__name__ == "BackgroundGenerator"}
+
+
+def _train_args(tmp_path, *opts, **kwargs):
+    base = ["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_EPOCH", "1", "KDREID.PROGRESS", "False"]
+    return _args(opts=[*base, *opts], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing", "MODEL.WEIGHTS '{}' does not exist."),
+        ("text", "Cannot load checkpoint '{}' (MODEL.WEIGHTS): it is not a PyTorch checkpoint"),
+        ("directory", "MODEL.WEIGHTS '{}' is a directory, not a checkpoint file."),
+    ],
+)
+def test_training_from_weights_that_are_not_a_checkpoint(fastreid_root, tmp_path, case, words):
+    """FastReID asserted (missing) or failed deep in torch.load (text, directory)."""
+    path = tmp_path / "weights.pth"
+    if case == "text":
+        path.write_text("not weights\n")
+    elif case == "directory":
+        path.mkdir()
+    before = _prefetch_threads()
+    with pytest.raises(WeightsError, match=re.escape(words.format(path))):
+        main(_train_args(tmp_path / "out", "MODEL.WEIGHTS", str(path)))
+    # the training loader's prefetch thread was stopped (alive at exit, it aborts the process)
+    assert not {t for t in _prefetch_threads() - before if t.is_alive()}
+
+
+def test_resume_from_a_corrupt_checkpoint(fastreid_root, tmp_path):
+    (tmp_path / "model_final.pth").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    with pytest.raises(WeightsError) as info:
+        main(_train_args(tmp_path, resume=True))
+    message = str(info.value)
+    assert f"Cannot resume from '{tmp_path / 'model_final.pth'}'" in message
+    assert "the file is truncated or corrupt" in message
+    assert "Delete it or write the name of an older checkpoint into" in message
+
+
+def test_resume_refuses_the_checkpoint_of_another_model(fastreid_root, tmp_path):
+    """FastReID loaded what fitted, logged the rest, and crashed in the optimizer's first step."""
+    cfg = _tiny_cfg(tmp_path, **{"MODEL.BACKBONE.DEPTH": "34x", "MODEL.HEADS.NUM_CLASSES": 16})
+    torch.save({"model": Trainer.build_model(cfg).state_dict(), "epoch": 0}, tmp_path / "m.pth")
+    (tmp_path / "last_checkpoint").write_text("m.pth")
+    with pytest.raises(WeightsError) as info:
+        main(_train_args(tmp_path, "SOLVER.MAX_EPOCH", "2", resume=True))
+    message = str(info.value)
+    assert "m.pth' (named by" in message and "do not fit the model Baseline" in message
+    assert "not in the model (" in message and "backbone.layer1.2.conv1.weight" in message
+    assert "more" in message  # a few keys, then a count
+    assert "--resume continues the run saved in" in message
+
+    # The same model's checkpoint (here with a training-only key) resumes.
+    cfg = _tiny_cfg(tmp_path, **{"MODEL.HEADS.NUM_CLASSES": 16})
+    state = {**Trainer.build_model(cfg).state_dict(), "distill.adapter.weight": torch.zeros(2)}
+    torch.save({"model": state, "epoch": 0}, tmp_path / "m.pth")
+    trainer = Trainer(_tiny_cfg(tmp_path, **{"SOLVER.MAX_EPOCH": 2}))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_epoch == 1
+    trainer.close()
+
+
+def _backbone_state(**overrides):
+    from fastreid.modeling.backbones import build_backbone
+
+    cfg = _tiny_cfg("/tmp", **overrides)
+    return build_backbone(cfg).state_dict()
+
+
+def test_pretrain_path_that_is_not_imagenet_weights(tmp_path):
+    """FastReID loaded with strict=False, logged every key as missing and trained from random
+    weights (wrong model), or raised a bare KeyError (text file)."""
+    options = {"MODEL.BACKBONE.PRETRAIN": True, "MODEL.HEADS.NUM_CLASSES": 4}
+    text = tmp_path / "r18.pth"
+    text.write_text("resnet18 weights\n")
+    cfg = _tiny_cfg(tmp_path, **options, **{"MODEL.BACKBONE.PRETRAIN_PATH": str(text)})
+    with pytest.raises(WeightsError, match=r"r18.pth' is not a PyTorch checkpoint"):
+        Trainer.build_model(cfg)
+
+    reid = tmp_path / "reid.pth"  # a whole FastReID model: keys prefixed with "backbone."
+    torch.save(
+        {
+            "model": Trainer.build_model(
+                _tiny_cfg(tmp_path, **{"MODEL.HEADS.NUM_CLASSES": 4})
+            ).state_dict()
+        },
+        reid,
+    )
+    cfg = _tiny_cfg(tmp_path, **options, **{"MODEL.BACKBONE.PRETRAIN_PATH": str(reid)})
+    with pytest.raises(WeightsError) as info:
+        Trainer.build_model(cfg)
+    message = str(info.value)
+    assert re.search(r"reid.pth' provides 0 of the \d+ parameters of the backbone ResNet", message)
+    assert "the backbone has e.g. 'conv1.weight', the file has e.g. 'model'" in message
+    assert "Expected ImageNet weights for MODEL.BACKBONE.NAME build_resnet_backbone" in message
+
+    shapes = tmp_path / "shapes.pth"
+    state = _backbone_state()
+    state["conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(state, shapes)
+    cfg = _tiny_cfg(tmp_path, **options, **{"MODEL.BACKBONE.PRETRAIN_PATH": str(shapes)})
+    with pytest.raises(WeightsError, match=r"shapes.pth' does not fit the backbone ResNet"):
+        Trainer.build_model(cfg)
+
+    imagenet = tmp_path / "imagenet.pth"  # the backbone's weights and a classifier: accepted
+    state = {**_backbone_state(), "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}
+    torch.save(state, imagenet)
+    cfg = _tiny_cfg(tmp_path, **options, **{"MODEL.BACKBONE.PRETRAIN_PATH": str(imagenet)})
+    model = Trainer.build_model(cfg)
+    assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
+    assert torch.nn.Module.load_state_dict.__qualname__ == "Module.load_state_dict"
+
+
+def test_unreadable_training_image_stops_training(fastreid_root, tmp_path, monkeypatch):
+    """FastReID evaluated the untrained model after the failure (and a final checkpoint could be
+    written); the error now ends training at once."""
+    from fastreid.data import common
+
+    from kdreid.errors import UnreadableImageError
+
+    read_image = common.read_image
+    reads = []
+
+    def broken_training_images(path, *args, **kwargs):
+        if "bounding_box_train" in path:
+            reads.append(path)
+            if len(reads) > 40:  # the third batch, loaded while training
+                raise UnreadableImageError(f"Cannot read image '{path}'")
+        return read_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(common, "read_image", broken_training_images)
+    evaluated = []
+    monkeypatch.setattr(Trainer, "test", classmethod(lambda cls, cfg, model: evaluated.append(1)))
+    trainer = Trainer(_tiny_cfg(tmp_path, **{"SOLVER.MAX_EPOCH": 1}))
+    assert trainer.iters_per_epoch > 3
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(UnreadableImageError, match="bounding_box_train"):
+        trainer.train()
+    assert 0 < trainer.iter < trainer.iters_per_epoch
+    assert not evaluated
+    assert not (tmp_path / "model_final.pth").exists()
+    assert not trainer.data_loader.iter.is_alive()
+
+
+def test_cli_training_with_missing_weights_is_one_line(datasets_root, tmp_path):
+    """It was an AssertionError traceback, then "terminate called without an active exception"
+    (the loader's prefetch thread alive at exit) and exit status 134."""
+    weights = tmp_path / "nothere.pth"
+    script = os.path.join(REPO, "projects", "MDPR", "train_net.py")
+    opts = ["SOLVER.MAX_EPOCH", "1", "OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", str(weights)]
+    proc = subprocess.Popen(
+        [sys.executable, script, "--config-file", TINY, *opts],
+        env=_env(datasets_root),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out[-2000:] + err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: MODEL.WEIGHTS '{weights}' does not exist."]
+    assert "terminate called" not in out + err and "Traceback" not in out + err
