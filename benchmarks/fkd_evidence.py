@@ -52,6 +52,7 @@ import sys
 from typing import NamedTuple
 
 from factorized_kd.views import PARTIAL_VIEWS, view_fractions
+from kdreid.engine.defaults import report_user_errors
 from kdreid.evidence import comparison_tables, fmt, parse_args
 from kdreid.runs import REPO, run_logged, train_and_record, training_images
 
@@ -369,4 +370,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    report_user_errors(main)  # a folder of other settings, bad options: one line

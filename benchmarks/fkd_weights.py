@@ -30,6 +30,7 @@ from fkd_evidence import (
     train_teachers,
 )
 
+from kdreid.engine.defaults import report_user_errors
 from kdreid.evidence import fmt, parse_with_opts
 from kdreid.runs import REPO
 
@@ -127,4 +128,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    report_user_errors(main)  # a folder of other settings, bad options: one line

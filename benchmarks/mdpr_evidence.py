@@ -30,6 +30,7 @@ continues where it stopped. ``KEY VALUE`` options apply to every run, training a
 import os
 from typing import NamedTuple
 
+from kdreid.engine.defaults import report_user_errors
 from kdreid.evidence import comparison_tables, fmt, parse_args
 from kdreid.runs import REPO, train_and_record
 
@@ -131,4 +132,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    report_user_errors(main)  # a folder of other settings, bad options: one line

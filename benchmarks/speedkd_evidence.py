@@ -16,14 +16,19 @@ teacher (kd_<student>.yml) with the same schedule and seed; evaluates each with 
 
 Runs that already finished are not repeated, so an interrupted benchmark continues where it
 stopped. Extra students run with the first seed only. ``KEY VALUE`` options apply to every
-student run (e.g. ``MODEL.SPEEDKD.TEMPERATURE 8``).
+student run, except the distillation keys (``MODEL.SPEEDKD.*``, ``KD.*``, e.g.
+``MODEL.SPEEDKD.LAMBDA 0.9``), which only the distilled students get: the students trained alone
+do not depend on them, so runs that differ only there can share them (copy the ``*_plain``
+folders over).
 """
 
 import argparse
 import os
+import re
 import statistics
 import sys
 
+from kdreid.engine.defaults import report_user_errors
 from kdreid.runs import REPO, run_logged
 from speed_kd.runs import train_and_record
 from speed_kd.tradeoff import find_records, write_tradeoff
@@ -31,6 +36,8 @@ from speed_kd.tradeoff import find_records, write_tradeoff
 TEACHER_CONFIG = "configs/Synthetic/bagtricks_R18.yml"
 TEACHER_NAME = "ResNet-18 (teacher)"
 STUDENTS = "configs/SpeedKD/Synthetic"
+DISTILLATION_KEYS = ("MODEL.SPEEDKD.", "KD.")
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def lomo_xqda(output_dir):
@@ -81,15 +88,45 @@ def evidence_table(student, seeds, plain, kd, teacher):
     return "\n".join(lines + summary + footer)
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The command line; ``plain_opts`` are the options without the distillation keys."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--student", default="mobilenetv1_0.5x")
     parser.add_argument("--extra-students", nargs="*", default=[])
     parser.add_argument("--teacher-weights", default="", help="skip training the teacher")
     parser.add_argument("--output-dir", default="logs/speedkd_evidence")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every student run")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="KEY VALUE for the student runs (MODEL.SPEEDKD.* and KD.*: the distilled ones only)",
+    )
     args = parser.parse_args(argv)
+    # "--extra-students a b KEY VALUE": argparse gives the options to the list; a config key is
+    # upper case with dots, a student name is not.
+    for i, name in enumerate(args.extra_students):
+        if CONFIG_KEY.match(name):
+            args.opts = args.extra_students[i:] + args.opts
+            args.extra_students = args.extra_students[:i]
+            break
+    for student in [args.student, *args.extra_students]:
+        for name in (f"{student}.yml", f"kd_{student}.yml"):
+            if not os.path.isfile(os.path.join(REPO, STUDENTS, name)):
+                files = os.listdir(os.path.join(REPO, STUDENTS))
+                known = sorted(f[3:-4] for f in files if f.startswith("kd_") and f[3:] in files)
+                parser.error(
+                    f"student '{student}' has no config {STUDENTS}/{name}; "
+                    f"students: {', '.join(known)}"
+                )
+    if len(args.opts) % 2:
+        parser.error(f"options come in KEY VALUE pairs, got {len(args.opts)} words: {args.opts}")
+    pairs = list(zip(args.opts[0::2], args.opts[1::2]))
+    args.plain_opts = [w for k, v in pairs if not k.startswith(DISTILLATION_KEYS) for w in (k, v)]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     out = os.path.abspath(args.output_dir)
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 
@@ -111,7 +148,7 @@ def main(argv=None):
         for seed in seeds:
             print(f"Student {student}, seed {seed}: alone, then distilled", flush=True)
             base = os.path.join(out, student, f"seed{seed}")
-            p = train_and_record(student, config, base + "_plain", seed, args.opts)
+            p = train_and_record(student, config, base + "_plain", seed, args.plain_opts)
             k = train_and_record(f"{student} +KD", kd_config, base + "_kd", seed, kd_opts)
             if student == args.student:
                 plain.append(p)
@@ -128,4 +165,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    report_user_errors(main)  # a folder of other settings, bad options: one line

@@ -44,3 +44,7 @@ class WeightsError(UserInputError, RuntimeError):
 
 class OutputDirError(UserInputError, OSError):
     """An output folder cannot be created or written."""
+
+
+class StaleRunError(UserInputError, RuntimeError):
+    """An output folder holds a run made with other settings than the ones asked for now."""

@@ -1,12 +1,15 @@
 """Train-then-benchmark runs of a project's ``train_net.py``, each in its own process, for demos
 and benchmarks: every run trains a config into its own folder (resuming if it was interrupted),
 then ``--eval-only`` writes its speed/accuracy record (:mod:`kdreid.benchmark`). A run whose
-record exists is not repeated.
+record exists is not repeated, provided it was made with the same config, seed and options
+(``run.json`` in its folder; older folders are checked against their ``config.yaml``): a folder
+made otherwise is refused rather than silently reused.
 
 Any project's ``train_net.py`` trains any FastReID config its package can build; the caller names
 the one to use (``train_net``), so this module knows no project.
 """
 
+import ast
 import json
 import os
 import re
@@ -17,7 +20,9 @@ from dataclasses import dataclass
 
 import yaml
 
-__all__ = ["REPO", "Run", "run_logged", "train_and_record", "training_images"]
+from kdreid.errors import StaleRunError
+
+__all__ = ["REPO", "Run", "check_reuse", "run_logged", "train_and_record", "training_images"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The repository root (the folder holding the ``kdreid`` package): commands run from here."""
@@ -141,6 +146,74 @@ def _read_training(time_path, output_dir):
     return timing["seconds"], images
 
 
+def _literal(value):
+    """A command-line config value as yacs reads it (a Python literal, else the string); tuples
+    as lists, the way a dumped ``config.yaml`` holds them."""
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    return list(value) if isinstance(value, tuple) else value
+
+
+_ABSENT = object()
+
+
+def _dumped_value(config, key):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return list(node) if isinstance(node, tuple) else node
+
+
+def check_reuse(output_dir, config, seed, opts):
+    """Refuse to reuse ``output_dir`` if it holds a run of another config, seed or options.
+
+    A folder trained by :func:`train_and_record` holds ``run.json`` (the config, seed and
+    options); a folder from before that file existed is checked against its ``config.yaml``: the
+    seed and every ``KEY VALUE`` option must have the values asked for.
+
+    Raises:
+        StaleRunError: naming the folder, what differs and what to do.
+    """
+    wanted = {"config": os.path.normpath(config), "seed": seed, "opts": [str(o) for o in opts]}
+    stamp = os.path.join(output_dir, "run.json")
+    differences = []
+    if os.path.isfile(stamp):
+        with open(stamp) as f:
+            before = json.load(f)
+        differences = [
+            f"{key} {before.get(key)!r} (now {value!r})"
+            for key, value in wanted.items()
+            if before.get(key) != value
+        ]
+    elif os.path.isfile(os.path.join(output_dir, "config.yaml")):
+        with open(os.path.join(output_dir, "config.yaml")) as f:
+            dumped = yaml.safe_load(f) or {}
+        pairs = [("KDREID.SEED", str(seed)), *zip(opts[0::2], opts[1::2])]
+        for key, value in pairs:
+            had, asked = _dumped_value(dumped, key), _literal(value)
+            if had is not _ABSENT and had != asked:  # a key the dump lacks cannot be compared
+                differences.append(f"{key} {had!r} (now {asked!r})")
+    if differences:
+        raise StaleRunError(
+            f"'{output_dir}' holds a run made with other settings: {'; '.join(differences)}. "
+            "Delete that folder to train again, or choose another output folder."
+        )
+
+
+def _stamp(output_dir, config, seed, opts):
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "run.json"), "w") as f:
+        json.dump(
+            {"config": os.path.normpath(config), "seed": seed, "opts": [str(o) for o in opts]},
+            f,
+            indent=1,
+        )
+
+
 def train_and_record(
     name, config, output_dir, seed, opts=(), echo=None, weights=None, *, train_net
 ):
@@ -166,8 +239,12 @@ def train_and_record(
     weights = os.path.abspath(weights) if weights else os.path.join(output_dir, "model_final.pth")
     common = ["KDREID.PROGRESS", "False", "KDREID.SEED", str(seed)]
     time_path = os.path.join(output_dir, "train_seconds.json")
+    if not trained_elsewhere:
+        check_reuse(output_dir, config, seed, list(opts))
     if not os.path.isfile(record_path):
         if not trained_elsewhere and not os.path.isfile(weights):
+            if not os.path.isfile(os.path.join(output_dir, "run.json")):
+                _stamp(output_dir, config, seed, list(opts))
             log_path = os.path.join(output_dir, "train.out")
             seconds = run_logged(
                 [sys.executable, train_net, "--config-file", config, "--resume",

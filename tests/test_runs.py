@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from kdreid.runs import Run, run_logged, train_and_record, training_images
+from kdreid.errors import StaleRunError
+from kdreid.runs import Run, check_reuse, run_logged, train_and_record, training_images
 
 from .conftest import REPO
 
@@ -26,10 +27,10 @@ def test_a_run_trains_once_and_records(datasets_root, tmp_path, monkeypatch):
     train_net = tmp_path / "train_net.py"  # the core's own: plain FastReID models only
     train_net.write_text(TRAIN_NET)
     lines = []
+    opts = ["SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "KDREID.LOG_PERIOD", "2"]
     run = train_and_record(
-        "tiny", TINY, str(tmp_path / "run"), seed=3,
-        opts=["SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "KDREID.LOG_PERIOD", "2"],
-        echo=lines.append, train_net=str(train_net),
+        "tiny", TINY, str(tmp_path / "run"), seed=3, opts=opts, echo=lines.append,
+        train_net=str(train_net),
     )  # fmt: skip
     assert run.record["name"] == "tiny" and run.record["macs"] > 0
     assert run.train_seconds > 0 and os.path.isfile(run.weights)
@@ -37,9 +38,39 @@ def test_a_run_trains_once_and_records(datasets_root, tmp_path, monkeypatch):
     assert run.train_throughput == pytest.approx(96 / run.train_seconds)
     assert lines and all("eta:" in line for line in lines)
     stamp = os.path.getmtime(run.weights)
-    again = train_and_record("tiny", TINY, str(tmp_path / "run"), 3, train_net=str(train_net))
+    again = train_and_record("tiny", TINY, str(tmp_path / "run"), 3, opts, train_net=str(train_net))
     assert again == run
     assert os.path.getmtime(run.weights) == stamp  # not trained again
+    # the same folder asked for with another seed or schedule is refused, not silently reused
+    with pytest.raises(StaleRunError, match=r"seed 3 \(now 4\)"):
+        train_and_record("tiny", TINY, str(tmp_path / "run"), 4, opts, train_net=str(train_net))
+    with pytest.raises(StaleRunError, match=r"opts \[.*'1'.*\] \(now \[.*'2'.*\]\)"):
+        train_and_record("tiny", TINY, str(tmp_path / "run"), 3, [*opts[:1], "2", *opts[2:]],
+                         train_net=str(train_net))  # fmt: skip
+    assert os.path.getmtime(run.weights) == stamp
+
+
+def test_a_folder_from_before_run_json_is_checked_against_its_config(tmp_path):
+    """A run folder without ``run.json`` (older versions): the seed and options are compared with
+    the ``config.yaml`` FastReID dumped there, values read as yacs reads them."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(
+        "KDREID:\n  SEED: 0\nSOLVER:\n  MAX_EPOCH: 16\n  STEPS: [12]\n"
+        "KD:\n  MODEL_WEIGHTS: [/t/model_final.pth]\nMODEL:\n  FKD:\n    VIEW: Dn1\n"
+    )
+    same = ["SOLVER.MAX_EPOCH", "16", "SOLVER.STEPS", "[12]", "MODEL.FKD.VIEW", "Dn1",
+            "KD.MODEL_WEIGHTS", "('/t/model_final.pth',)"]  # fmt: skip
+    check_reuse(str(folder), "a.yml", 0, same)
+    with pytest.raises(StaleRunError) as info:
+        check_reuse(str(folder), "a.yml", 1, ["SOLVER.MAX_EPOCH", "8", *same[2:]])
+    message = str(info.value)
+    assert "KDREID.SEED 0 (now 1); SOLVER.MAX_EPOCH 16 (now 8)." in message
+    assert "Delete that folder" in message and str(folder) in message
+
+
+def test_a_new_folder_is_no_stale_run(tmp_path):
+    check_reuse(str(tmp_path / "nothing_here"), "a.yml", 0, ["SOLVER.MAX_EPOCH", "1"])
 
 
 def _log(tmp_path, lines, batch=16):

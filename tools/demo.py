@@ -39,7 +39,10 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", default="logs/demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=16, help="training epochs of every model")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    return args
 
 
 def progress(label):
@@ -85,12 +88,12 @@ def run(args):
                                args.seed, schedule, echo=progress("teacher"))  # fmt: skip
     stages.append(("teacher ResNet-18", teacher))
     print(f"\n2/3 student alone: {args.student}", flush=True)
-    plain = train_and_record(args.student, student, os.path.join(out, "student"), args.seed,
+    plain = train_and_record(args.student, student, os.path.join(out, args.student), args.seed,
                              schedule, echo=progress("student"))  # fmt: skip
     stages.append((f"student {args.student}, alone", plain))
     print(f"\n3/3 student distilled from the teacher: {args.student} + KD", flush=True)
     kd = train_and_record(
-        f"{args.student} +KD", kd_student, os.path.join(out, "student_kd"), args.seed,
+        f"{args.student} +KD", kd_student, os.path.join(out, f"{args.student}_kd"), args.seed,
         opts=[*schedule, "KD.MODEL_WEIGHTS", f"('{teacher.weights}',)"],
         echo=progress("student + KD"),
     )  # fmt: skip

@@ -26,6 +26,9 @@ def test_a_speedkd_model_trains_once_and_records(datasets_root, tmp_path, monkey
     assert run.train_seconds > 0 and run.train_images == 96 and os.path.isfile(run.weights)
     assert lines and all("eta:" in line for line in lines)
     stamp = os.path.getmtime(run.weights)
-    again = train_and_record("tiny student", STUDENT, str(tmp_path / "run"), seed=3)
+    again = train_and_record(
+        "tiny student", STUDENT, str(tmp_path / "run"), seed=3,
+        opts=["SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "KDREID.LOG_PERIOD", "2"],
+    )  # fmt: skip
     assert again == run
     assert os.path.getmtime(run.weights) == stamp  # not trained again
