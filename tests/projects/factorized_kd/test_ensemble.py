@@ -17,7 +17,7 @@ from factorized_kd import FKDEnsemble, evaluate_ensemble
 from kdreid.benchmark import count_parameters, profile_model
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
 from kdreid.engine import defaults
-from kdreid.errors import ConfigError, WeightsError
+from kdreid.errors import ConfigError, StaleRunError, WeightsError
 
 from ...conftest import REPO
 
@@ -312,13 +312,20 @@ def test_train_teachers_runs_each_view_once(train_teachers, tmp_path):
     # Again, after Dn2 was cut short (no model_final.pth, no record): only Dn2 runs, resuming.
     os.remove(f"{out}/Dn2/model_final.pth")
     os.remove(f"{out}/Dn2/eval/speed_accuracy.json")
-    train_teachers.train_teachers(TINY_TEACHER, out, ("Up1", "Dn2"), echo=None,
+    train_teachers.train_teachers(TINY_TEACHER, out, ("Up1", "Dn2"), seed=3,
+                                  opts=["SOLVER.MAX_EPOCH", "1"], echo=None,
                                   train_net=train_teachers.TRAIN_NET)  # fmt: skip
     again = train_teachers.calls()[4:]
     assert [(c[c.index("MODEL.FKD.VIEW") + 1], "--resume" in c) for c in again] == [
         ("Dn2", True),
         ("Dn2", False),
     ]
+    # With another seed, the folders are not theirs to reuse: refused, nothing runs.
+    with pytest.raises(StaleRunError, match=r"Up1' holds a run made with other settings: seed 3"):
+        train_teachers.train_teachers(TINY_TEACHER, out, ("Up1", "Dn2"), seed=0,
+                                      opts=["SOLVER.MAX_EPOCH", "1"], echo=None,
+                                      train_net=train_teachers.TRAIN_NET)  # fmt: skip
+    assert len(train_teachers.calls()) == 6
 
 
 @pytest.mark.parametrize("views", [("Up1", "Up3"), ("Up1", "Up1"), ("Holistic",)])
