@@ -178,7 +178,7 @@ def check_reuse(output_dir, config, seed, opts):
     Raises:
         StaleRunError: naming the folder, what differs and what to do.
     """
-    wanted = {"config": os.path.normpath(config), "seed": seed, "opts": [str(o) for o in opts]}
+    wanted = _settings(config, seed, opts)
     stamp = os.path.join(output_dir, "run.json")
     differences = []
     if os.path.isfile(stamp):
@@ -204,14 +204,16 @@ def check_reuse(output_dir, config, seed, opts):
         )
 
 
+def _settings(config, seed, opts):
+    """What ``run.json`` holds; the config relative to the repository root however it was named."""
+    config = os.path.relpath(os.path.join(REPO, config), REPO)
+    return {"config": config, "seed": seed, "opts": [str(o) for o in opts]}
+
+
 def _stamp(output_dir, config, seed, opts):
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "run.json"), "w") as f:
-        json.dump(
-            {"config": os.path.normpath(config), "seed": seed, "opts": [str(o) for o in opts]},
-            f,
-            indent=1,
-        )
+        json.dump(_settings(config, seed, opts), f, indent=1)
 
 
 def train_and_record(

@@ -41,6 +41,11 @@ def test_a_run_trains_once_and_records(datasets_root, tmp_path, monkeypatch):
     again = train_and_record("tiny", TINY, str(tmp_path / "run"), 3, opts, train_net=str(train_net))
     assert again == run
     assert os.path.getmtime(run.weights) == stamp  # not trained again
+    relative = os.path.relpath(TINY, REPO)  # the same config, named from the repository root
+    assert train_and_record("tiny", relative, str(tmp_path / "run"), 3, opts,
+                            train_net=str(train_net)) == run  # fmt: skip
+    with pytest.raises(StaleRunError, match=r"config 'configs/Synthetic/tiny.yml' \(now 'a.yml'\)"):
+        check_reuse(str(tmp_path / "run"), "a.yml", 3, opts)
     # the same folder asked for with another seed or schedule is refused, not silently reused
     with pytest.raises(StaleRunError, match=r"seed 3 \(now 4\)"):
         train_and_record("tiny", TINY, str(tmp_path / "run"), 4, opts, train_net=str(train_net))
