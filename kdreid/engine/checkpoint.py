@@ -145,6 +145,21 @@ class AtomicCheckpointer(Checkpointer):
 
     def _load_model(self, checkpoint):
         if not self._resuming:
+            # FastReID loads what fits and warns about the rest; a file of which nothing fits
+            # (another model's checkpoint) would leave the model as initialised, silently.
+            own = self.model.state_dict()
+            fitting = [
+                k
+                for k, v in checkpoint["model"].items()
+                if k in own and tuple(own[k].shape) == tuple(v.shape)
+            ]
+            if own and not fitting:
+                raise WeightsError(
+                    f"MODEL.WEIGHTS '{self._loading}' holds none of the parameters of the model "
+                    f"being trained ({type(self.model).__name__}; the file has "
+                    f"{', '.join(sorted(checkpoint['model'])[:3])}, ..., the model "
+                    f"{', '.join(sorted(own)[:3])}, ...): it is another model's checkpoint."
+                )
             return super()._load_model(checkpoint)
         path = self._loading
         try:

@@ -9,11 +9,13 @@ A project's ``train_net.py`` is::
         launch_main(default_argument_parser().parse_args())
 """
 
+import contextlib
 import logging
 import numbers
 import os
 import sys
 
+import numpy as np
 import torch
 from fastreid.engine import default_argument_parser, default_setup, launch
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
@@ -23,7 +25,12 @@ from fastreid.utils.logger import setup_logger
 
 from kdreid.benchmark import format_record, profile_model, write_record
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
-from kdreid.engine.checkpoint import load_weights_strict, prepare_output_dir
+from kdreid.engine.checkpoint import (
+    atomic_write,
+    load_weights_strict,
+    prepare_output_dir,
+    read_checkpoint,
+)
 from kdreid.engine.checks import check_config, check_opts
 from kdreid.engine.trainer import Trainer
 from kdreid.errors import ConfigError, UserInputError
@@ -33,6 +40,7 @@ __all__ = [
     "deployed_model",
     "evaluate_only",
     "speed_accuracy_record",
+    "resumed_epoch",
     "seed",
     "setup",
     "main",
@@ -47,11 +55,59 @@ logger = logging.getLogger(__name__)
 LOGGERS = ("kdreid", "mdpr", "factorized_kd", "speed_kd")
 
 
-def seed(cfg):
-    """Seed every generator with ``KDREID.SEED`` (plus the rank), unless it is negative."""
-    if cfg.KDREID.SEED >= 0:
-        seed_all_rng(cfg.KDREID.SEED + comm.get_rank())
-        logger.info("Seeded the random generators with %d", cfg.KDREID.SEED + comm.get_rank())
+def seed(cfg, epoch=0):
+    """Seed every generator with ``KDREID.SEED`` (plus the rank), unless it is negative.
+
+    A run resumed at ``epoch`` > 0 is seeded from (``KDREID.SEED``, epoch, rank) instead: seeded
+    as at its start, it would draw again the batches and augmentations of its first epochs.
+    """
+    if cfg.KDREID.SEED < 0:
+        return
+    value = cfg.KDREID.SEED + comm.get_rank()
+    if epoch > 0:
+        entropy = [cfg.KDREID.SEED, epoch, comm.get_rank()]
+        value = int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
+    seed_all_rng(value)
+    if epoch > 0:
+        logger.info("Resuming at epoch %d: seeded the random generators with %d", epoch, value)
+    else:
+        logger.info("Seeded the random generators with %d", value)
+
+
+def resumed_epoch(output_dir):
+    """The epoch at which ``--resume`` continues the run in ``output_dir`` (0: none to resume,
+    or a checkpoint that the checkpointer will report as unreadable)."""
+    tag = os.path.join(output_dir, "last_checkpoint")
+    try:
+        with open(tag) as f:
+            checkpoint = read_checkpoint(os.path.join(output_dir, f.read().strip()))
+    except (OSError, UserInputError):
+        return 0
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+    return epoch + 1 if isinstance(epoch, int) else 0
+
+
+@contextlib.contextmanager
+def config_kept_on_failure(cfg):
+    """``OUTPUT_DIR/config.yaml`` as it was before :func:`setup` wrote this run's over it, put back
+    if the body fails: a run refused for bad input (weights, data) leaves the folder's record of
+    the run that made its checkpoints as it was."""
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    previous = _previous_configs.pop(os.path.abspath(path), None)
+    try:
+        yield
+    except BaseException:
+        if comm.is_main_process():
+            if previous is None:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            else:
+                atomic_write(path, lambda f: f.write(previous))
+        raise
+
+
+_previous_configs = {}
+"""``config.yaml`` path -> its bytes before :func:`setup` wrote over it."""
 
 
 def setup(args):
@@ -69,6 +125,11 @@ def setup(args):
     merge_from_list(cfg, args.opts or [])
     check_config(cfg, training=not getattr(args, "eval_only", False))
     prepare_output_dir(cfg.OUTPUT_DIR)
+    dumped = os.path.abspath(os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    _previous_configs.pop(dumped, None)
+    if comm.is_main_process() and os.path.isfile(dumped):
+        with open(dumped, "rb") as f:
+            _previous_configs[dumped] = f.read()
     default_setup(cfg, args)
     for name in LOGGERS:
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
@@ -86,18 +147,23 @@ def main(args, trainer_cls=Trainer):
     """
     cfg = setup(args)
     if args.eval_only:
-        return evaluate_only(cfg, trainer_cls, config_file=args.config_file)
-    try:
-        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    except KeyError:
-        arch = None  # FastReID's build_model reports it
-    if not getattr(arch, "trainable", True):
-        raise ConfigError(
-            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} is an evaluation-only model: "
-            "run it with --eval-only."
-        )
-    trainer = trainer_cls(cfg)
-    trainer.resume_or_load(resume=args.resume)
+        with config_kept_on_failure(cfg):
+            return evaluate_only(cfg, trainer_cls, config_file=args.config_file)
+    with config_kept_on_failure(cfg):  # until the model, data and weights are in place
+        try:
+            arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+        except KeyError:
+            arch = None  # FastReID's build_model reports it
+        if not getattr(arch, "trainable", True):
+            raise ConfigError(
+                f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} is an evaluation-only "
+                "model: run it with --eval-only."
+            )
+        epoch = resumed_epoch(cfg.OUTPUT_DIR) if args.resume else 0
+        if epoch:
+            seed(cfg, epoch)
+        trainer = trainer_cls(cfg)
+        trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 

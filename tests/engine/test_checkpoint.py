@@ -129,3 +129,19 @@ def test_strict_load_says_what_is_wrong_with_the_file(tmp_path, case, words):
         load_weights_strict(_model(), str(path))
     if case != "objects":
         assert "pickled" not in str(info.value)
+
+
+def test_training_weights_of_another_model_are_refused(tmp_path):
+    """MODEL.WEIGHTS for training may fit in part (fine-tuning with another head), not at all."""
+    model = _model()
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"head.weight": torch.zeros(2, 3)}}, other)
+    ckpt = AtomicCheckpointer(model, str(tmp_path / "out"))
+    with pytest.raises(WeightsError, match=r"other.pth' holds none of the parameters.*head"):
+        ckpt.resume_or_load(str(other), resume=False)
+    partial = tmp_path / "partial.pth"
+    source = _model()
+    state = {"0.weight": source[0].weight.detach(), "head.weight": torch.zeros(2, 3)}
+    torch.save({"model": state}, partial)
+    ckpt.resume_or_load(str(partial), resume=False)
+    assert torch.equal(model[0].weight, source[0].weight)

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -267,8 +268,10 @@ def test_resume_after_a_killed_run(datasets_root, tmp_path):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    out, _ = proc.communicate(timeout=60)
+    assert (
+        proc.returncode == -signal.SIGKILL
+    ), f"the run finished before it was killed:\n{out[-2000:]}"
     last = tag.read_text()
     saved_epoch = torch.load(tmp_path / last, weights_only=True)["epoch"]
     assert not (tmp_path / "model_final.pth").exists()
@@ -277,6 +280,7 @@ def test_resume_after_a_killed_run(datasets_root, tmp_path):
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert f"continuing at epoch {saved_epoch + 1}" in out
+    assert f"Resuming at epoch {saved_epoch + 1}: seeded the random generators with" in out
     assert f"Starting training from epoch {saved_epoch + 1}" in out
     assert (tmp_path / "model_final.pth").is_file()
     assert torch.load(tmp_path / "model_final.pth", weights_only=True)["epoch"] == 5
@@ -471,3 +475,41 @@ def test_cli_training_with_missing_weights_is_one_line(datasets_root, tmp_path):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: MODEL.WEIGHTS '{weights}' does not exist."]
     assert "terminate called" not in out + err and "Traceback" not in out + err
+
+
+def test_a_refused_run_leaves_the_folders_config_as_it_was(fastreid_root, tmp_path):
+    """--eval-only with a truncated checkpoint in a trained run's folder: refused, and the folder's
+    config.yaml (which names the run's model) is not overwritten by the refused run's."""
+    (tmp_path / "config.yaml").write_text("MODEL:\n  META_ARCHITECTURE: TheTrainedOne\n")
+    bad = tmp_path / "truncated.pth"
+    torch.save({"model": {"w": torch.zeros(100)}}, bad)
+    bad.write_bytes(bad.read_bytes()[:50])
+    args = _args(opts=["MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(tmp_path)])
+    args.eval_only = True
+    with pytest.raises(WeightsError, match="truncated.pth"):
+        main(args)
+    assert (tmp_path / "config.yaml").read_text() == "MODEL:\n  META_ARCHITECTURE: TheTrainedOne\n"
+    # a folder that had none keeps none
+    fresh = tmp_path / "fresh"
+    args = _args(opts=["MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(fresh)])
+    args.eval_only = True
+    with pytest.raises(WeightsError):
+        main(args)
+    assert not (fresh / "config.yaml").exists()
+
+
+def test_a_resumed_run_draws_new_batches(tmp_path):
+    """Seeded at its start, a resumed run would replay its first epochs' batches: it is seeded
+    from (seed, epoch) instead, the same way each time."""
+    from kdreid.engine import seed
+
+    cfg = _tiny_cfg(tmp_path, **{"KDREID.SEED": 3})
+    draws = {}
+    for epoch in (0, 2, 2, 3):
+        seed(cfg, epoch)
+        draws.setdefault(epoch, []).append((random.random(), torch.rand(1).item()))
+    assert draws[2][0] == draws[2][1]  # repeatable
+    assert len({d[0] for d in (draws[0][0], draws[2][0], draws[3][0])}) == 3
+    cfg.KDREID.SEED = 4
+    seed(cfg, 2)
+    assert random.random() != draws[2][0][0]
