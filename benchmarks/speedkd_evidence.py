@@ -1,6 +1,6 @@
 """Does distillation work? SpeedKD students trained alone and with KD, same schedule, several seeds.
 
-    python benchmarks/speedkd_evidence.py [--seeds 0 1 2] [--student mobilenetv1_0.5x]
+    python benchmarks/speedkd_evidence.py [--seeds 0 1 2] [--student resnet18_64x32]
         [--extra-students mobilenetv1_0.25x ...] [--teacher-weights PATH] [--output-dir DIR]
         [KEY VALUE ...]
 
@@ -24,11 +24,11 @@ folders over).
 
 import argparse
 import os
-import re
 import statistics
 import sys
 
 from kdreid.engine.defaults import report_user_errors
+from kdreid.evidence import parse_with_opts
 from kdreid.runs import REPO, run_logged
 from speed_kd.runs import train_and_record
 from speed_kd.tradeoff import find_records, write_tradeoff
@@ -37,7 +37,6 @@ TEACHER_CONFIG = "configs/Synthetic/bagtricks_R18.yml"
 TEACHER_NAME = "ResNet-18 (teacher)"
 STUDENTS = "configs/SpeedKD/Synthetic"
 DISTILLATION_KEYS = ("MODEL.SPEEDKD.", "KD.")
-CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def lomo_xqda(output_dir):
@@ -91,24 +90,19 @@ def evidence_table(student, seeds, plain, kd, teacher):
 def parse_args(argv=None):
     """The command line; ``plain_opts`` are the options without the distillation keys."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--student", default="mobilenetv1_0.5x")
-    parser.add_argument("--extra-students", nargs="*", default=[])
-    parser.add_argument("--teacher-weights", default="", help="skip training the teacher")
-    parser.add_argument("--output-dir", default="logs/speedkd_evidence")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="KEY VALUE for the student runs (MODEL.SPEEDKD.* and KD.*: the distilled ones only)",
+        "--student", default="resnet18_64x32",
+        help="the student of every seed (default resnet18_64x32, the demo's)",
+    )  # fmt: skip
+    parser.add_argument("--extra-students", nargs="*", default=[], help="first seed only")
+    parser.add_argument("--teacher-weights", default="", help="skip training the teacher")
+    parser.add_argument(
+        "--output-dir", default="logs/speedkd_evidence", help="default logs/speedkd_evidence"
     )
-    args = parser.parse_args(argv)
-    # "--extra-students a b KEY VALUE": argparse gives the options to the list; a config key is
-    # upper case with dots, a student name is not.
-    for i, name in enumerate(args.extra_students):
-        if CONFIG_KEY.match(name):
-            args.opts = args.extra_students[i:] + args.opts
-            args.extra_students = args.extra_students[:i]
-            break
+    args = parse_with_opts(
+        parser, argv, "KEY VALUE for the student runs (MODEL.SPEEDKD.*, KD.*: distilled ones only)"
+    )
     for student in [args.student, *args.extra_students]:
         for name in (f"{student}.yml", f"kd_{student}.yml"):
             if not os.path.isfile(os.path.join(REPO, STUDENTS, name)):
@@ -118,8 +112,6 @@ def parse_args(argv=None):
                     f"student '{student}' has no config {STUDENTS}/{name}; "
                     f"students: {', '.join(known)}"
                 )
-    if len(args.opts) % 2:
-        parser.error(f"options come in KEY VALUE pairs, got {len(args.opts)} words: {args.opts}")
     pairs = list(zip(args.opts[0::2], args.opts[1::2]))
     args.plain_opts = [w for k, v in pairs if not k.startswith(DISTILLATION_KEYS) for w in (k, v)]
     return args
@@ -127,7 +119,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    out = os.path.abspath(args.output_dir)
+    out = args.output_dir
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 
     print("Teacher", flush=True)

@@ -8,7 +8,9 @@ counts only when it is larger than the spread of either variant).
 
 import argparse
 import os
+import re
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
 
 from kdreid.runs import Run
@@ -161,19 +163,35 @@ def parse_args(
     return parse_with_opts(parser, argv)
 
 
-def parse_with_opts(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+")
+"""A FastReID config key (``SOLVER.MAX_EPOCH``), as no flag value or file name is written."""
+
+
+def parse_with_opts(
+    parser: argparse.ArgumentParser, argv=None, opts_help="KEY VALUE for every run"
+) -> argparse.Namespace:
     """``parser``'s arguments followed by ``KEY VALUE`` config options (``args.opts``).
 
-    Adds the trailing ``opts`` argument; a leading ``--`` (which ends a list option) is dropped,
-    an odd number of options is a usage error, and ``args.output_dir`` is made absolute.
+    Adds the trailing ``opts`` argument. The options start at the first config key, even right
+    after a list option (``--views Up1 Dn1 SOLVER.MAX_EPOCH 1``, which argparse alone would give
+    to the list); a ``--`` before them is dropped. An odd number of options is a usage error, and
+    ``args.output_dir`` (where the parser has one) is made absolute.
     """
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every run")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help=opts_help)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, item in enumerate(argv):
+        if item == "--":
+            break
+        if CONFIG_KEY.fullmatch(item):
+            argv.insert(i, "--")
+            break
     args = parser.parse_args(argv)
     if args.opts[:1] == ["--"]:  # ends a --seeds or --variants list
         args.opts = args.opts[1:]
     if len(args.opts) % 2:
         parser.error(f"options come in KEY VALUE pairs, got {args.opts}")
-    args.output_dir = os.path.abspath(args.output_dir)
+    if getattr(args, "output_dir", None):
+        args.output_dir = os.path.abspath(args.output_dir)
     return args
 
 

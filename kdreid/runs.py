@@ -169,7 +169,8 @@ def _dumped_value(config, key):
 
 
 def check_reuse(output_dir, config, seed, opts):
-    """Refuse to reuse ``output_dir`` if it holds a run of another config, seed or options.
+    """Refuse to reuse ``output_dir`` if it holds a run (checkpoints or a record) of another
+    config, seed or options.
 
     A folder trained by :func:`train_and_record` holds ``run.json`` (the config, seed and
     options); a folder from before that file existed is checked against its ``config.yaml``: the
@@ -178,6 +179,8 @@ def check_reuse(output_dir, config, seed, opts):
     Raises:
         StaleRunError: naming the folder, what differs and what to do.
     """
+    if not any(os.path.exists(os.path.join(output_dir, f)) for f in _RUN_FILES):
+        return  # nothing to reuse (e.g. a run that failed before its first checkpoint)
     wanted = _settings(config, seed, opts)
     stamp = os.path.join(output_dir, "run.json")
     differences = []
@@ -202,6 +205,10 @@ def check_reuse(output_dir, config, seed, opts):
             f"'{output_dir}' holds a run made with other settings: {'; '.join(differences)}. "
             "Delete that folder to train again, or choose another output folder."
         )
+
+
+_RUN_FILES = ("last_checkpoint", "model_final.pth", os.path.join("eval", "speed_accuracy.json"))
+"""What a run leaves that a later one would reuse: its checkpoints, its record."""
 
 
 def _settings(config, seed, opts):
@@ -245,7 +252,7 @@ def train_and_record(
         check_reuse(output_dir, config, seed, list(opts))
     if not os.path.isfile(record_path):
         if not trained_elsewhere and not os.path.isfile(weights):
-            if not os.path.isfile(os.path.join(output_dir, "run.json")):
+            if not os.path.isfile(os.path.join(output_dir, "last_checkpoint")):  # a new run
                 _stamp(output_dir, config, seed, list(opts))
             log_path = os.path.join(output_dir, "train.out")
             seconds = run_logged(

@@ -55,6 +55,9 @@ def test_command_line_of_the_evidence_scripts(tmp_path):
                       ["--seeds", "3", "4", "--", "SOLVER.MAX_EPOCH", "1"])  # fmt: skip
     assert args.seeds == [3, 4] and args.variants == list(LABELS)
     assert args.opts == ["SOLVER.MAX_EPOCH", "1"] and args.output_dir == str(tmp_path / "out")
+    # without "--": the options start at the first config key, not in the list before it
+    args = parse_args("d", LABELS, "o", ["--variants", "new", "SOLVER.MAX_EPOCH", "1", "A.B", "x"])
+    assert args.variants == ["new"] and args.opts == ["SOLVER.MAX_EPOCH", "1", "A.B", "x"]
     with pytest.raises(SystemExit):  # an odd number of options is a usage error
         parse_args("d", LABELS, "out", ["--seeds", "0", "--", "SOLVER.MAX_EPOCH"])
     with pytest.raises(SystemExit):

@@ -60,6 +60,7 @@ def test_a_folder_from_before_run_json_is_checked_against_its_config(tmp_path):
     the ``config.yaml`` FastReID dumped there, values read as yacs reads them."""
     folder = tmp_path / "run"
     folder.mkdir()
+    (folder / "model_final.pth").write_bytes(b"")
     (folder / "config.yaml").write_text(
         "KDREID:\n  SEED: 0\nSOLVER:\n  MAX_EPOCH: 16\n  STEPS: [12]\n"
         "KD:\n  MODEL_WEIGHTS: [/t/model_final.pth]\nMODEL:\n  FKD:\n    VIEW: Dn1\n"
@@ -76,6 +77,13 @@ def test_a_folder_from_before_run_json_is_checked_against_its_config(tmp_path):
 
 def test_a_new_folder_is_no_stale_run(tmp_path):
     check_reuse(str(tmp_path / "nothing_here"), "a.yml", 0, ["SOLVER.MAX_EPOCH", "1"])
+    # a run that failed before its first checkpoint (bad options) leaves nothing to protect
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "run.json").write_text('{"config": "a.yml", "seed": 0, "opts": ["X"]}')
+    check_reuse(str(tmp_path / "failed"), "a.yml", 1, [])
+    (tmp_path / "failed" / "last_checkpoint").write_text("model_0000.pth")
+    with pytest.raises(StaleRunError, match="seed 0 \\(now 1\\)"):
+        check_reuse(str(tmp_path / "failed"), "a.yml", 1, [])
 
 
 def _log(tmp_path, lines, batch=16):

@@ -22,6 +22,7 @@ import shlex
 import sys
 
 from factorized_kd.views import PARTIAL_VIEWS
+from kdreid.evidence import parse_with_opts
 from kdreid.runs import train_and_record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,15 +115,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Train FactorizedKD's partial teachers.")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="a teacher config")
     parser.add_argument("--output-dir", required=True, help="one folder per view goes here")
-    parser.add_argument("--views", nargs="+", default=list(PARTIAL_VIEWS), choices=PARTIAL_VIEWS)
-    parser.add_argument("--seed", type=int, default=0, help="KDREID.SEED of every run")
+    parser.add_argument(
+        "--views", nargs="+", default=list(PARTIAL_VIEWS), choices=PARTIAL_VIEWS, metavar="VIEW",
+        help=f"the partial views to train (default: all six, {' '.join(PARTIAL_VIEWS)})",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="KDREID.SEED of every run (default 0)")
     parser.add_argument(
         "--ensemble-config", default=None, metavar="FILE",
         help="the ensemble config to inherit (default: ensemble.yml next to --config-file)",
     )  # fmt: skip
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE options for every run")
-    args = parser.parse_args(argv)
-    output_dir = os.path.abspath(args.output_dir)
+    args = parse_with_opts(parser, argv)  # KEY VALUE options for every run
+    output_dir = args.output_dir
     config = os.path.abspath(args.config_file)
     if not os.path.isfile(config):
         parser.error(f"--config-file '{args.config_file}' does not exist")

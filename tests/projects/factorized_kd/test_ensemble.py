@@ -337,10 +337,11 @@ def test_train_teachers_refuses_bad_views(train_teachers, tmp_path, views):
 
 def test_train_teachers_command_writes_the_ensemble_config(train_teachers, tmp_path, capsys):
     out = tmp_path / "runs"
-    argv = ["--config-file", TINY_TEACHER, "--output-dir", str(out), "--views", "Mid1", "Dn1",
-            "--ensemble-config", TINY_ENSEMBLE, "SOLVER.MAX_EPOCH", "1"]  # fmt: skip
-    assert train_teachers.main(argv) == 0
+    argv = ["--config-file", TINY_TEACHER, "--output-dir", str(out), "--ensemble-config",
+            TINY_ENSEMBLE, "--views", "Mid1", "Dn1", "SOLVER.MAX_EPOCH", "1"]  # fmt: skip
+    assert train_teachers.main(argv) == 0  # the options after the views list are options
     assert len(train_teachers.calls()) == 4
+    assert all(c[-2:] == ["SOLVER.MAX_EPOCH", "1"] for c in train_teachers.calls()[::2])
     printed = capsys.readouterr().out
     assert f"--config-file {out}/ensemble.yml OUTPUT_DIR {out}/ensemble" in printed
     cfg = get_cfg()

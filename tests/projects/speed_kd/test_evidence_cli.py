@@ -43,7 +43,7 @@ def test_distillation_keys_reach_the_distilled_students_only(evidence):
     [
         (["--student", "resnet19"], ["resnet19", "resnet18_64x32", "mobilenetv1_0.5x"]),
         (["--extra-students", "mobilenet"], ["mobilenet.yml", "mobilenetv1_0.25x"]),
-        (["SOLVER.MAX_EPOCH"], ["KEY VALUE", "1 words"]),
+        (["SOLVER.MAX_EPOCH"], ["KEY VALUE", "SOLVER.MAX_EPOCH"]),
     ],
 )
 def test_bad_command_lines_are_refused_by_name(evidence, capsys, argv, words):
