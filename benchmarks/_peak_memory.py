@@ -39,7 +39,7 @@ def load(directory, names):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("method", choices=["fastreid", "kdreid", "features"])
     parser.add_argument("input_dir")
     parser.add_argument("--output", help="save the last output here (.npy)")

@@ -337,7 +337,11 @@ def evidence_table(seeds, runs, teachers, ensemble, opts, teacher_only=()):
 
 def main(argv=None):
     args = parse_args(
-        __doc__.split("\n")[0], VARIANTS, "logs/fkd_evidence", argv, add_arguments=add_teacher_opts
+        " ".join(__doc__.split("\n\n")[0].split()),
+        VARIANTS,
+        "logs/fkd_evidence",
+        argv,
+        add_arguments=add_teacher_opts,
     )
     out = args.output_dir
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))

@@ -51,7 +51,7 @@ def _pair(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seed", type=int, default=100, help="the tuning seed (default 100)")
     parser.add_argument(
         "--weights", type=_pair, nargs="+", default=[_pair(w) for w in DEFAULT_WEIGHTS],

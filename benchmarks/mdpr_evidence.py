@@ -102,7 +102,9 @@ def evidence_table(seeds, runs, opts):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.split("\n")[0], VARIANTS, "logs/mdpr_evidence", argv)
+    args = parse_args(
+        " ".join(__doc__.split("\n\n")[0].split()), VARIANTS, "logs/mdpr_evidence", argv
+    )
     out = args.output_dir
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 

@@ -279,7 +279,7 @@ def markdown(result):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument(
         "--config-file", default=os.path.join(REPO, "configs", "MDPR", "DukeMTMC.yml")
     )

@@ -89,7 +89,7 @@ def evidence_table(student, seeds, plain, kd, teacher):
 
 def parse_args(argv=None):
     """The command line; ``plain_opts`` are the options without the distillation keys."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     parser.add_argument(
         "--student", default="resnet18_64x32",

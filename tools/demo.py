@@ -34,10 +34,16 @@ STUDENTS = "configs/SpeedKD/Synthetic"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--student", default="resnet18_64x32", help="a config in " + STUDENTS)
-    parser.add_argument("--output-dir", default="logs/demo")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n")[0].split()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--student", default="resnet18_64x32",
+        help=f"a student name: {STUDENTS}/<name>.yml alone, kd_<name>.yml distilled",
+    )  # fmt: skip
+    parser.add_argument("--output-dir", default="logs/demo", help="one folder per model")
+    parser.add_argument("--seed", type=int, default=0, help="KDREID.SEED of every run")
     parser.add_argument("--epochs", type=int, default=16, help="training epochs of every model")
     args = parser.parse_args(argv)
     if args.epochs < 1:

@@ -264,12 +264,20 @@ def export(
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n")[0].split()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--output", required=True, help="the ONNX file to write")
+    parser.add_argument(
+        "--output", required=True, default=argparse.SUPPRESS, help="the ONNX file to write"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images in the check batch")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    parser.add_argument(
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE,
+        help="largest difference from PyTorch's features, relative to their largest magnitude",
+    )  # fmt: skip
     parser.add_argument("--latency-runs", type=int, default=20, help="timed batch-1 runs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)

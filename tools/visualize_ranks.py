@@ -62,7 +62,7 @@ class FeatureCollector(DatasetEvaluator):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--dataset", help="test set to draw (default: DATASETS.TESTS[0])")
     parser.add_argument("--num-queries", type=int, default=20, help="queries to draw (20)")

@@ -416,7 +416,7 @@ def convert(src: str, dst: str, config_file: str = DEFAULT_CONFIG, opts=()) -> C
 
 def parse_args(argv=None):
     """The command line: SRC, DST, ``--config-file`` and ``KEY VALUE`` options, in any order."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("src", metavar="SRC", help="checkpoint of the official MDPR code")
     parser.add_argument("dst", metavar="DST", help="file to write ({'model': state_dict})")
     parser.add_argument(

@@ -233,7 +233,7 @@ def visualize(
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs")
     parser.add_argument(

@@ -35,16 +35,24 @@ REPEATS = 3  # timed runs of the throughput batch
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="SynthReIDSmall", help="a FastReID dataset name")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument(
+        "--dataset",
+        default="SynthReIDSmall",
+        help="a FastReID dataset name (default SynthReIDSmall)",
+    )
     parser.add_argument(
         "--root",
         default=os.getenv("FASTREID_DATASETS", "datasets"),
         help="datasets folder (default: $FASTREID_DATASETS or datasets/)",
     )
-    parser.add_argument("--output-dir", default="logs/SpeedKD/lomo_xqda")
+    parser.add_argument(
+        "--output-dir", default="logs/SpeedKD/lomo_xqda", help="default logs/SpeedKD/lomo_xqda"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--batch-size", type=int, default=64, help="extraction and throughput")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="extraction and throughput (default 64)"
+    )
     parser.add_argument(
         "--rerank",
         nargs=3,

@@ -16,7 +16,7 @@ from speed_kd.tradeoff import find_records, write_tradeoff
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("records", nargs="+", help="speed_accuracy.json files or folders")
     parser.add_argument("--output-dir", default=".")
     parser.add_argument("--reference", default=None, help="row the speed-up divides")
