@@ -40,6 +40,7 @@ __all__ = [
     "deployed_model",
     "evaluate_only",
     "speed_accuracy_record",
+    "default_output_dir",
     "resumed_epoch",
     "seed",
     "setup",
@@ -72,6 +73,18 @@ def seed(cfg, epoch=0):
         logger.info("Resuming at epoch %d: seeded the random generators with %d", epoch, value)
     else:
         logger.info("Seeded the random generators with %d", value)
+
+
+def default_output_dir(config_file, eval_only=False):
+    """Where a run goes when neither its config nor its command line sets ``OUTPUT_DIR`` (left at
+    FastReID's ``logs/``, every run would write over the last one's checkpoints): ``logs/`` and
+    the config's path under ``configs/`` (else its name), ``configs/MDPR/DukeMTMC.yml`` ->
+    ``logs/MDPR/DukeMTMC``; an ``--eval-only`` run goes to its ``eval/`` subfolder, beside
+    the trained run's files rather than over them."""
+    parts = os.path.normpath(os.path.abspath(config_file)).split(os.sep)
+    below = parts[len(parts) - parts[::-1].index("configs") :] if "configs" in parts else parts[-1:]
+    folder = os.path.join("logs", *below[:-1], os.path.splitext(below[-1])[0])
+    return os.path.join(folder, "eval") if eval_only else folder
 
 
 def resumed_epoch(output_dir):
@@ -124,6 +137,9 @@ def setup(args):
     check_opts(args.opts or [])
     merge_from_list(cfg, args.opts or [])
     check_config(cfg, training=not getattr(args, "eval_only", False))
+    derived = os.path.normpath(cfg.OUTPUT_DIR) == "logs" and bool(args.config_file)
+    if derived:
+        cfg.OUTPUT_DIR = default_output_dir(args.config_file, getattr(args, "eval_only", False))
     prepare_output_dir(cfg.OUTPUT_DIR)
     dumped = os.path.abspath(os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     _previous_configs.pop(dumped, None)
@@ -133,6 +149,8 @@ def setup(args):
     default_setup(cfg, args)
     for name in LOGGERS:
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
+    if derived:
+        logger.info("OUTPUT_DIR not set: writing to %s", cfg.OUTPUT_DIR)
     seed(cfg)
     resolve_device(cfg)
     cfg.freeze()

@@ -513,3 +513,19 @@ def test_a_resumed_run_draws_new_batches(tmp_path):
     cfg.KDREID.SEED = 4
     seed(cfg, 2)
     assert random.random() != draws[2][0][0]
+
+
+def test_output_dir_defaults_to_one_folder_per_config(fastreid_root, tmp_path, monkeypatch):
+    """FastReID's default OUTPUT_DIR, logs/, is shared by every run; unset, it is the config's own
+    folder (its --eval-only runs in eval/ below it), so runs of two configs keep their files."""
+    from kdreid.engine import setup
+
+    monkeypatch.chdir(tmp_path)
+    cfg = setup(_args(opts=["SOLVER.MAX_EPOCH", "1"]))
+    assert cfg.OUTPUT_DIR == os.path.join("logs", "Synthetic", "tiny")
+    assert (tmp_path / "logs" / "Synthetic" / "tiny" / "config.yaml").is_file()
+    assert setup(_args(eval_only=True)).OUTPUT_DIR == os.path.join(cfg.OUTPUT_DIR, "eval")
+    other = tmp_path / "mine.yml"
+    other.write_text(f"_BASE_: {TINY}\n")
+    assert setup(_args(config_file=str(other))).OUTPUT_DIR == os.path.join("logs", "mine")
+    assert setup(_args(opts=["OUTPUT_DIR", "runs/a"])).OUTPUT_DIR == "runs/a"  # set: kept
