@@ -300,7 +300,18 @@ def _log_to_files_only(message, exc):
 
 
 def _main_reporting_errors(args, trainer_cls):
-    return report_user_errors(main, args, trainer_cls)
+    try:
+        return report_user_errors(main, args, trainer_cls)
+    except KeyboardInterrupt:
+        again = "" if args.eval_only or args.resume else ", adding --resume"
+        print(
+            "\ninterrupted: run the same command again" + again + " to continue from the last "
+            "checkpoint (written every SOLVER.CHECKPOINT_PERIOD epochs)."
+            if not args.eval_only
+            else "\ninterrupted.",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 def launch_main(args, trainer_cls=Trainer):

@@ -529,3 +529,18 @@ def test_output_dir_defaults_to_one_folder_per_config(fastreid_root, tmp_path, m
     other.write_text(f"_BASE_: {TINY}\n")
     assert setup(_args(config_file=str(other))).OUTPUT_DIR == os.path.join("logs", "mine")
     assert setup(_args(opts=["OUTPUT_DIR", "runs/a"])).OUTPUT_DIR == "runs/a"  # set: kept
+
+
+def test_ctrl_c_says_how_to_continue(datasets_root, tmp_path):
+    """Ctrl-C (SIGINT) during training: one line on how to continue, no traceback, status 130."""
+    opts = ["--config-file", TINY, "SOLVER.MAX_EPOCH", "50", "TEST.EVAL_PERIOD", "100",
+            "OUTPUT_DIR", str(tmp_path), "KDREID.PROGRESS", "False"]  # fmt: skip
+    proc = _run("SpeedKD", *opts, env=_env(datasets_root))
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "last_checkpoint").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted: run the same command again, adding --resume" in out
+    assert "Traceback" not in out
