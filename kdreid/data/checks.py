@@ -5,12 +5,15 @@ image as whatever PIL raises deep inside a loader worker, without the file name.
 wraps the two functions involved so that the error names the path and what was expected.
 """
 
+import glob
 import os
+import re
 
 from fastreid.data import build, common, data_utils
+from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import Dataset
 
-from kdreid.errors import DatasetNotFoundError, UnreadableImageError
+from kdreid.errors import DatasetCorruptError, DatasetNotFoundError, UnreadableImageError
 
 __all__ = ["install", "read_image"]
 
@@ -66,7 +69,40 @@ def check_before_run(self, required_files):
     )
 
 
+FILE_NAMES = {
+    # dataset: (FastReID's pattern, identities allowed, cameras allowed, an example)
+    "Market1501": (r"([-\d]+)_c(\d)", range(-1, 1502), range(1, 7), "0002_c1s1_000451_03.jpg"),
+    "DukeMTMC": (r"([-\d]+)_c(\d)", None, range(1, 9), "0001_c2_f0046182.jpg"),
+}
+"""Datasets whose FastReID loader reads the identity and camera from each ``.jpg`` file name (and
+fails on a file named otherwise with an ``AttributeError`` or a bare ``assert``)."""
+
+
+def _checking_file_names(process_dir, dataset):
+    pattern, identities, cameras, example = FILE_NAMES[dataset]
+
+    def checked(self, dir_path, *args, **kwargs):
+        for path in sorted(glob.glob(os.path.join(dir_path, "*.jpg"))):
+            match = re.search(pattern, path)
+            pid, camid = map(int, match.groups()) if match else (None, None)
+            if match is None or camid not in cameras or (identities and pid not in identities):
+                allowed = f"identity {identities.start}..{identities.stop - 1}, " * bool(identities)
+                raise DatasetCorruptError(
+                    f"Dataset {dataset}: '{path}' is not named like the dataset's images "
+                    f"({example}: {allowed}camera {cameras.start}..{cameras.stop - 1}); "
+                    "move it out of the folder."
+                )
+        return process_dir(self, dir_path, *args, **kwargs)
+
+    checked._kdreid_checked = True
+    return checked
+
+
 def install():
-    """Apply both wrappers (idempotent)."""
+    """Apply the wrappers (idempotent)."""
     common.read_image = read_image
     Dataset.check_before_run = check_before_run
+    for name in FILE_NAMES:
+        cls = DATASET_REGISTRY.get(name)
+        if not getattr(cls.process_dir, "_kdreid_checked", False):
+            cls.process_dir = _checking_file_names(cls.process_dir, name)

@@ -38,6 +38,29 @@ def test_missing_dataset_with_its_folder_there_names_the_missing_part(tmp_path):
     assert "deprecated" not in message
 
 
+@pytest.mark.parametrize(
+    "stray, why",
+    [("copy_of_image.jpg", "identity -1..1501, camera 1..6"), ("0002_c9s1_000451_03.jpg", "c1s1")],
+)
+def test_a_file_named_unlike_the_dataset_is_named(tmp_path, stray, why):
+    """FastReID reads identity and camera from each name: a stray file failed with an
+    AttributeError (or a bare assert for camera 9) that named nothing."""
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    from kdreid.errors import DatasetCorruptError
+
+    market = tmp_path / "Market-1501-v15.09.15"
+    for split in ("bounding_box_train", "bounding_box_test", "query"):
+        (market / split).mkdir(parents=True)
+        (market / split / "0002_c1s1_000451_03.jpg").write_bytes(b"")
+    assert len(DATASET_REGISTRY.get("Market1501")(root=str(tmp_path)).query) == 1  # well named
+    (market / "query" / stray).write_bytes(b"")
+    with pytest.raises(DatasetCorruptError, match=f"'{market / 'query' / stray}' is not named"):
+        len(DATASET_REGISTRY.get("Market1501")(root=str(tmp_path)).query)  # read when first used
+    with pytest.raises(DatasetCorruptError, match=why):
+        len(DATASET_REGISTRY.get("Market1501")(root=str(tmp_path)).query)
+
+
 def test_missing_dataset_through_the_trainer(tmp_path, monkeypatch):
     from fastreid.data import build
 
