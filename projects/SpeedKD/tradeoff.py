@@ -24,10 +24,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         records = find_records(args.records)
-    except FileNotFoundError as exc:
+        table = write_tradeoff(records, args.output_dir, args.reference, args.title)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(write_tradeoff(records, args.output_dir, args.reference, args.title))
+    print(table)
     print(f"\nWrote {args.output_dir}/tradeoff.md and tradeoff.png")
 
 

@@ -31,14 +31,27 @@ __all__ = [
 
 
 def group_records(records):
-    """Group records by ``name``, keeping the order in which names first appear.
+    """Group records by ``name`` (runs of one model, e.g. several seeds), keeping the order in
+    which names first appear.
 
     Returns:
         OrderedDict[str, list[dict]]
+
+    Raises:
+        ValueError: records of one name are of different models (dataset, parameters or
+            multiply-adds differ): a row would average them.
     """
     groups = OrderedDict()
     for record in records:
-        groups.setdefault(record["name"], []).append(record)
+        runs = groups.setdefault(record["name"], [])
+        for key in ("dataset", "params", "macs"):
+            if runs and record.get(key) != runs[0].get(key):
+                raise ValueError(
+                    f"Two records named '{record['name']}' differ in {key} "
+                    f"({runs[0].get(key)} and {record.get(key)}): they are different models. "
+                    "Give each its own KDREID.NAME (the record's name) when evaluating it."
+                )
+        runs.append(record)
     return groups
 
 
@@ -99,6 +112,9 @@ def markdown_table(rows, reference=None):
     Returns:
         str: the table, with a caption line naming the device and batch sizes.
     """
+    names = [r["name"] for r in rows]
+    if reference is not None and reference not in names:
+        raise ValueError(f"No model named '{reference}' to compare with; models: {names}")
     deep = [r for r in rows if r["latency_ms"] and r["kind"] == "deep"]
     ref = next((r for r in rows if r["name"] == reference), None) or max(
         deep or rows, key=lambda r: r["latency_ms"] or 0
@@ -120,9 +136,10 @@ def markdown_table(rows, reference=None):
         )
     first = rows[0]
     batches = sorted({r["throughput_batch"] for r in rows if r.get("throughput_batch")})
+    datasets = ", ".join(dict.fromkeys(str(r.get("dataset")) for r in rows))
     lines.append("")
     lines.append(
-        f"{first.get('dataset')}; accuracy in % (mean ± std over runs); speed on "
+        f"{datasets}; accuracy in % (mean ± std over runs); speed on "
         f"{first.get('device')} ({first.get('device_name')}), latency = median at batch 1, "
         f"throughput at batch {'/'.join(map(str, batches))}."
     )

@@ -73,3 +73,18 @@ def test_files_and_command_line(tmp_path):
     empty.mkdir()
     proc = subprocess.run([sys.executable, script, str(empty)], capture_output=True, text=True)
     assert proc.returncode == 2 and "No speed_accuracy.json under" in proc.stderr
+
+
+def test_records_of_different_models_under_one_name_are_refused():
+    """Two configs both called tiny.yml (a ResNet-18 and an MDPR) would be averaged in one row."""
+    other = {**_record("student", 20.0, 15.0, 9.0), "params": 17_000_000}
+    with pytest.raises(ValueError, match=r"'student' differ in params \(2000000 and 17000000\)"):
+        summarise([*RECORDS, other])
+    market = {**_record("teacher", 20.0, 15.0, 9.0), "dataset": "Market1501"}
+    with pytest.raises(ValueError, match="differ in dataset"):
+        summarise([*RECORDS, market])
+
+
+def test_unknown_reference_is_refused():
+    with pytest.raises(ValueError, match=r"No model named 'teachr'.*'teacher'"):
+        markdown_table(summarise(RECORDS), reference="teachr")
