@@ -69,6 +69,7 @@ from _fastreid_cython import load_evaluate_cy
 from fastreid.evaluation.rank import evaluate_py
 from fastreid.utils.compute_dist import build_dist
 
+from kdreid.benchmark import busy_warning
 from kdreid.evaluation import evaluate_rank, re_ranking, re_ranking_features
 from kdreid.evaluation.rerank import DEFAULT_MEMORY_BUDGET, STAGES, pairwise_distance
 
@@ -316,19 +317,6 @@ def machine_description():
         f"Python {platform.python_version()}",
         f"GPU: {gpu}",
     ]
-
-
-def busy_warning():
-    """A warning when other processes keep the CPU busy (1-minute load average), else ''."""
-    if not hasattr(os, "getloadavg"):
-        return ""
-    load = os.getloadavg()[0]
-    if load < 0.5:
-        return ""
-    return (
-        f"WARNING: load average {load:.1f} before the run: other processes use the CPU, "
-        "timings (multi-threaded ones most) are unreliable"
-    )
 
 
 def tied_rows(dist, labels):

@@ -44,6 +44,8 @@ __all__ = [
     "write_record",
     "read_records",
     "format_record",
+    "busy_warning",
+    "OtherCpuLoad",
     "RECORD_NAME",
     "MIN_ITERS",
     "MAX_ITERS",
@@ -186,6 +188,56 @@ def _model_device(model: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+def busy_warning(threshold: float = 0.5) -> str:
+    """A warning when other processes keep the CPU busy (1-minute load average at or above
+    ``threshold``), else ''. CPU timings taken then are unreliable, multi-threaded ones most."""
+    if not hasattr(os, "getloadavg"):
+        return ""
+    load = os.getloadavg()[0]
+    if load < threshold:
+        return ""
+    return (
+        f"WARNING: load average {load:.1f} before the run: other processes use the CPU, "
+        "timings (multi-threaded ones most) are unreliable"
+    )
+
+
+def _system_busy_seconds() -> float | None:
+    """CPU seconds all processes have been busy since boot (Linux ``/proc/stat``), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherCpuLoad:
+    """How many CPUs other processes kept busy while the ``with`` block ran: the machine's busy
+    time (Linux ``/proc/stat``, hypervisor steal included) minus this process's own, over the
+    wall time. ``cpus`` is None where ``/proc/stat`` is not available.
+
+    A timing taken while ``cpus`` is well above 0 shared the CPU and is unreliable.
+    """
+
+    def __enter__(self):
+        self.cpus = None
+        self._start = (_system_busy_seconds(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, own, wall = _system_busy_seconds(), time.process_time(), time.perf_counter()
+        if busy is not None and self._start[0] is not None and wall > self._start[2]:
+            others = (busy - self._start[0]) - (own - self._start[1])
+            self.cpus = max(0.0, others / (wall - self._start[2]))
+        return False
+
+
+OTHER_LOAD_WARNING = 0.25
+"""CPUs kept busy by other processes above which a speed record is flagged as unreliable."""
+
+
 def profile_model(
     model: nn.Module,
     input_size: tuple[int, int] = (256, 128),
@@ -209,7 +261,8 @@ def profile_model(
         ``{"device", "device_name", "input_size", "params", "macs", "feature_dim", "latency_ms",
         "throughput", "throughput_batch"}``: ``device`` is ``"cpu"`` or ``"cuda"``,
         ``feature_dim`` the width of the (N, D) descriptor the model returns, ``latency_ms`` the
-        median at batch 1, ``throughput`` in images/s at ``throughput_batch``.
+        median at batch 1, ``throughput`` in images/s at ``throughput_batch``,
+        ``other_cpu_load`` the CPUs other processes kept busy meanwhile (:class:`OtherCpuLoad`).
     """
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
@@ -217,7 +270,9 @@ def profile_model(
     generator = torch.Generator(device=device).manual_seed(0)
     batch = 255 * torch.rand(batch_size, 3, height, width, generator=generator, device=device)
     single = batch[:1].clone()
-    latency = measure_latency(model, single, warmup, iters, time_budget_s)
+    with OtherCpuLoad() as others:
+        latency = measure_latency(model, single, warmup, iters, time_budget_s)
+        throughput = measure_throughput(model, batch, warmup, iters, time_budget_s)
     with _eval_mode(model), torch.inference_mode():
         feature_dim = int(model(single).shape[-1])
     return {
@@ -228,8 +283,9 @@ def profile_model(
         "macs": count_macs(model, single),
         "feature_dim": feature_dim,
         "latency_ms": latency["median_ms"],
-        "throughput": measure_throughput(model, batch, warmup, iters, time_budget_s),
+        "throughput": throughput,
         "throughput_batch": int(batch_size),
+        "other_cpu_load": None if others.cpus is None else round(others.cpus, 2),
     }
 
 
@@ -307,4 +363,7 @@ def format_record(record: dict) -> str:
         ),
         ("device", f"{record.get('device', '?')} ({record.get('device_name', '?')})"),
     ]
+    load = record.get("other_cpu_load")
+    if load is not None and load >= OTHER_LOAD_WARNING:
+        rows.append(("WARNING", f"other processes kept {load:.1f} CPUs busy: speed unreliable"))
     return "\n".join(f"  {key:<14}{value}" for key, value in rows)

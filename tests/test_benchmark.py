@@ -151,6 +151,7 @@ def test_profile_model_schema():
         "latency_ms",
         "throughput",
         "throughput_batch",
+        "other_cpu_load",
     }
     assert record["device"] == "cpu" and record["device_name"]
     assert record["feature_dim"] == 4
@@ -233,3 +234,28 @@ def test_format_record():
     ):
         assert piece in text
     assert "n/a" in format_record({**record, "macs": None, "latency_ms": None})
+    assert "WARNING" not in text
+    assert "kept 1.5 CPUs busy" in format_record({**record, "other_cpu_load": 1.5})
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_other_cpu_load_counts_other_processes_not_this_one():
+    """This process spinning is not "others"; a child process spinning for the whole block is
+    about one CPU of others (counted from /proc/stat, so any other load on the machine adds)."""
+    import subprocess
+    import sys
+
+    with benchmark.OtherCpuLoad() as own:
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            pass
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # started
+        with benchmark.OtherCpuLoad() as others:
+            time.sleep(1.0)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert others.cpus > 0.7
+    assert own.cpus < others.cpus - 0.5

@@ -27,6 +27,7 @@ import time
 
 from tabulate import tabulate
 
+from kdreid.benchmark import OTHER_LOAD_WARNING
 from speed_kd.runs import train_and_record
 
 TEACHER = "configs/Synthetic/bagtricks_R18.yml"
@@ -113,6 +114,12 @@ def run(args):
         "evaluations.\n"
     )
     print(table(stages))
+    busy = [label for label, r in stages if (r.record.get("other_cpu_load") or 0) >= OTHER_LOAD_WARNING]
+    if busy:
+        print(
+            f"\nWARNING: other processes kept the CPU busy while the speed of {', '.join(busy)} "
+            "was measured: those latencies and throughputs are unreliable."
+        )
     speedup = kd.record["throughput"] / teacher.record["throughput"]
     gain = kd.record["metrics"]["mAP"] - plain.record["metrics"]["mAP"]
     print(

@@ -23,7 +23,7 @@ from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
-from kdreid.benchmark import format_record, profile_model, write_record
+from kdreid.benchmark import OTHER_LOAD_WARNING, format_record, profile_model, write_record
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
 from kdreid.engine.checkpoint import (
     atomic_write,
@@ -219,6 +219,13 @@ def evaluate_only(cfg, trainer_cls=Trainer, config_file=""):
         record = speed_accuracy_record(cfg, deployed_model(model), results, config_file)
         record.update(getattr(model, "record_extras", dict)())
         logger.info("Speed and accuracy:\n%s", format_record(record))
+        if (record.get("other_cpu_load") or 0) >= OTHER_LOAD_WARNING:
+            logger.warning(
+                "Other processes kept %.1f CPUs busy while the speed was measured: the latency "
+                "and throughput in %s are unreliable; measure again on an idle machine.",
+                record["other_cpu_load"],
+                os.path.join(cfg.OUTPUT_DIR, "speed_accuracy.json"),
+            )
         path = os.path.join(cfg.OUTPUT_DIR, "speed_accuracy.json")
         write_record(path, record)
         logger.info("Wrote %s", path)
