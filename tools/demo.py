@@ -114,7 +114,9 @@ def run(args):
         "evaluations.\n"
     )
     print(table(stages))
-    busy = [label for label, r in stages if (r.record.get("other_cpu_load") or 0) >= OTHER_LOAD_WARNING]
+    busy = [
+        label for label, r in stages if (r.record.get("other_cpu_load") or 0) >= OTHER_LOAD_WARNING
+    ]
     if busy:
         print(
             f"\nWARNING: other processes kept the CPU busy while the speed of {', '.join(busy)} "
