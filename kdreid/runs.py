@@ -235,7 +235,7 @@ def train_and_record(
         seed (int): ``KDREID.SEED``.
         opts (Sequence[str]): more ``KEY VALUE`` options, for training and evaluation alike (a
             model option such as ``MODEL.MDPR.FUSION False`` must reach both).
-        echo (callable | None): see :func:`run_logged`.
+        echo (callable | None): see :func:`run_logged`; also told when the evaluation starts.
         weights (str | None): a checkpoint trained elsewhere: evaluate it, do not train.
         train_net (str): the ``train_net.py`` that trains and evaluates (a project's, whose
             package registers the models the config names).
@@ -264,6 +264,8 @@ def train_and_record(
             images = training_images(log_path, os.path.join(output_dir, "config.yaml"))
             with open(time_path, "w") as f:
                 json.dump({"seconds": seconds, "images": images}, f)
+        if echo is not None:
+            echo("evaluating: accuracy, then speed (--eval-only)")
         run_logged(
             [sys.executable, train_net, "--config-file", config, "--eval-only", *opts,
              "MODEL.WEIGHTS", weights, "OUTPUT_DIR", os.path.join(output_dir, "eval"),

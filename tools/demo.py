@@ -54,6 +54,9 @@ def parse_args(argv=None):
 
 def progress(label):
     def echo(line):
+        if "eta:" not in line:  # a stage of the run (its evaluation)
+            print(f"\r  {label}: {line}", " " * 20, end="", flush=True)
+            return
         # FastReID's periodic line: "... eta: 0:01:02  epoch/iter: 3/80  total_loss: ..."
         eta = line.split("eta:")[1].split()[0]
         step = line.split("epoch/iter:")[1].split()[0] if "epoch/iter:" in line else "?"
@@ -105,32 +108,39 @@ def run(args):
         echo=progress("student + KD"),
     )  # fmt: skip
     stages.append((f"student {args.student}, distilled", kd))
+    print("\n\n" + report(stages, args.seed, args.epochs))
+    print(f"Total {time.perf_counter() - start:.0f} s. Checkpoints and logs: {out}")
+    return teacher, plain, kd
 
+
+def report(stages, seed, epochs):
+    """The demo's result: the table of the three runs (teacher, student alone, student distilled),
+    a warning for speeds measured on a busy CPU, and what distillation changed."""
+    (_, teacher), (_, plain), (_, kd) = stages
     record = teacher.record
-    print(
-        f"\n\n{record['dataset']}, seed {args.seed}; accuracy in %; speed of the deployed model on "
+    lines = [
+        f"{record['dataset']}, seed {seed}; accuracy in %; speed of the deployed model on "
         f"{record['device']} ({record['device_name']}): latency at batch 1, throughput at batch "
-        f"{record['throughput_batch']}; {args.epochs} epochs each; training time includes its "
-        "evaluations.\n"
-    )
-    print(table(stages))
+        f"{record['throughput_batch']}; {epochs} epochs each; training time includes its "
+        "evaluations.\n",
+        table(stages),
+    ]
     busy = [
         label for label, r in stages if (r.record.get("other_cpu_load") or 0) >= OTHER_LOAD_WARNING
     ]
     if busy:
-        print(
+        lines.append(
             f"\nWARNING: other processes kept the CPU busy while the speed of {', '.join(busy)} "
             "was measured: those latencies and throughputs are unreliable."
         )
     speedup = kd.record["throughput"] / teacher.record["throughput"]
     gain = kd.record["metrics"]["mAP"] - plain.record["metrics"]["mAP"]
-    print(
+    lines.append(
         f"\nThe distilled student has {speedup:.1f}x the teacher's throughput and moves "
         f"{gain:+.1f} mAP from the student trained alone (one seed: the evidence over several "
         "seeds is benchmarks/speedkd_evidence.py)."
     )
-    print(f"Total {time.perf_counter() - start:.0f} s. Checkpoints and logs: {out}")
-    return teacher, plain, kd
+    return "\n".join(lines)
 
 
 def main(argv=None):

@@ -1,0 +1,47 @@
+"""tools/demo.py's command line and report (its training runs are kdreid.runs', tested there)."""
+
+import importlib.util
+import os
+
+import pytest
+
+from kdreid.runs import Run
+
+from ..conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "tools", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(m_ap, throughput, load=0.0, seconds=100.0):
+    record = {
+        "dataset": "SynthReIDSmall", "device": "cpu", "device_name": "test CPU",
+        "throughput_batch": 128, "params": 11_180_000, "macs": 296_000_000, "latency_ms": 7.5,
+        "throughput": throughput, "other_cpu_load": load,
+        "metrics": {"mAP": m_ap, "Rank-1": 40.0, "Rank-5": 60.0, "mINP": 10.0},
+    }  # fmt: skip
+    return Run(weights="w", record=record, train_seconds=seconds, train_images=None)
+
+
+def test_report_compares_the_distilled_student_with_the_plain_one(demo):
+    stages = [("teacher", _run(43.6, 300.0)), ("alone", _run(29.6, 720.0, seconds=None)),
+              ("distilled", _run(35.2, 690.0))]  # fmt: skip
+    text = demo.report(stages, seed=0, epochs=16)
+    assert "2.3x the teacher's throughput" in text  # 690 / 300
+    assert "moves +5.6 mAP" in text  # 35.2 - 29.6
+    assert "| alone " in text and "earlier" in text  # trained by an earlier run
+    assert "WARNING" not in text
+    stages[1] = ("alone", _run(29.6, 720.0, load=1.2))
+    assert "while the speed of alone was measured" in demo.report(stages, seed=0, epochs=16)
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--epochs", "-3"]])
+def test_epochs_below_one_are_refused(demo, argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo.parse_args(argv)
+    assert exc.value.code == 2 and "--epochs must be at least 1" in capsys.readouterr().err
