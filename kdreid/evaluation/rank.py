@@ -35,6 +35,7 @@ default block size keeps them within ``DEFAULT_MEMORY_BUDGET``: 256 MiB, i.e. 81
 """
 
 import logging
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -144,8 +145,27 @@ def _as_ids(array, name, expected, expected_what, device):
     return ids.to(device=device, dtype=torch.int64)
 
 
+def _codes(query, gallery, name):
+    """Ids that are not numbers (strings, as FastReID's Python ranker accepts) as integer codes,
+    the same code for the same id in the query and the gallery; numbers as they are."""
+    arrays = [a if torch.is_tensor(a) else np.asarray(a) for a in (query, gallery)]
+    if all(torch.is_tensor(a) or a.dtype.kind in "biuf" for a in arrays):
+        return query, gallery
+    try:
+        _, codes = np.unique(np.concatenate([np.asarray(a).reshape(-1) for a in arrays]),
+                             return_inverse=True)  # fmt: skip
+    except TypeError as exc:
+        raise ValueError(
+            f"q_{name} and g_{name} must be integers or comparable ids (e.g. strings): {exc}"
+        ) from exc
+    split = np.asarray(arrays[0]).size
+    return codes[:split].reshape(np.shape(arrays[0])), codes[split:].reshape(np.shape(arrays[1]))
+
+
 def _validate(distmat, q_pids, g_pids, q_camids, g_camids):
     """Check shapes, dtypes and emptiness; return every input on the distmat's device."""
+    q_pids, g_pids = _codes(q_pids, g_pids, "pids")
+    q_camids, g_camids = _codes(q_camids, g_camids, "camids")
     dist = _as_tensor(distmat)
     if dist.dim() != 2:
         raise ValueError(
@@ -354,11 +374,12 @@ def _block_ranks(dist, q_pids, q_camids, gallery):
     return block
 
 
-def _query_metrics(block):
+def _query_metrics(block, ap="standard"):
     """AP, INP and first-hit rank of the valid queries of a block.
 
     Args:
         block (_BlockRanks): ranks (B, P) and num_pos (B,).
+        ap (str): ``"standard"`` or ``"trapezoid"`` (see :func:`evaluate_rank`).
 
     Returns:
         tuple[Tensor, Tensor, Tensor]: AP (V,) float64, INP (V,) float64 and the rank of the
@@ -371,7 +392,12 @@ def _query_metrics(block):
     last = (num_pos - 1).unsqueeze(1)
     # A running sum read at the last positive: the same additions whatever the padded width, so
     # results do not depend on how queries are grouped into blocks.
-    ap = (slots / ranks).cumsum(dim=1).gather(1, last).squeeze(1) / num_pos
+    precision = slots / ranks
+    if ap == "trapezoid":
+        # the precision just before each positive: 1 before the first rank, as Market's code
+        before = torch.where(ranks > 1, (slots - 1) / (ranks - 1).clamp(min=1), 1.0)
+        precision = (before + precision) / 2
+    ap = precision.cumsum(dim=1).gather(1, last).squeeze(1) / num_pos
     inp = num_pos / ranks.gather(1, last).squeeze(1)
     return ap, inp, block.ranks[valid, 0]
 
@@ -392,12 +418,27 @@ def _cmc(first_hits, max_rank):
 
 
 @torch.no_grad()
-def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk_size=None):
+def evaluate_rank(
+    distmat,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank=50,
+    use_metric_cuhk03=False,
+    use_cython=True,
+    *,
+    chunk_size=None,
+    ap="standard",
+):
     """CMC, AP and INP of every query under the Market-1501 protocol.
 
-    A drop-in for ``fastreid.evaluation.rank.evaluate_rank(..., use_metric_cuhk03=False)``. For a
-    valid query with positives at ranks ``r_1 < ... < r_n`` (1-based, junk removed):
+    A drop-in for ``fastreid.evaluation.rank.evaluate_rank``, same arguments. For a valid query
+    with positives at ranks ``r_1 < ... < r_n`` (1-based, junk removed):
     ``AP = (1/n) sum_k k / r_k``, ``INP = n / r_n``, and its CMC curve is 1 from rank ``r_1`` on.
+    ``ap="trapezoid"`` averages instead the trapezoids under the precision-recall curve, as the
+    original Market-1501 MATLAB code (``compute_AP.m``) does:
+    ``AP = (1/n) sum_k ((k - 1) / (r_k - 1) + k / r_k) / 2`` (the first term 1 when ``r_k = 1``).
 
     Args:
         distmat (np.ndarray | Tensor): (num_query, num_gallery) distances, smaller is closer; any
@@ -408,16 +449,24 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chun
         g_camids (np.ndarray | Tensor): (num_gallery,) integer camera ids of the gallery.
         max_rank (int): length of the CMC curve; lowered to num_gallery when that is smaller, as in
             FastReID. Ranks past the end of a query's list (after junk removal) count as found.
+        use_metric_cuhk03 (bool): CUHK03's classic single-gallery-shot protocol instead, as
+            FastReID's: per query, one image of each gallery identity drawn at random (numpy's
+            global generator, drawn in FastReID's order, so the same seed gives the same
+            result), 10 repeats averaged into the CMC; returns ``(cmc, mAP)`` like FastReID. On
+            the CPU, in numpy.
+        use_cython (bool): accepted for FastReID's signature; there is one implementation.
         chunk_size (int | None): query rows per block; default :func:`default_chunk_size`.
+        ap (str): ``"standard"`` (FastReID's, the default) or ``"trapezoid"`` (Market's MATLAB).
 
     Returns:
         tuple[np.ndarray, np.ndarray, np.ndarray]: ``cmc`` (min(max_rank, num_gallery),) float32
         averaged over the valid queries; ``all_AP`` (V,) and ``all_INP`` (V,) float64 for the
-        ``V`` valid queries, in query order.
+        ``V`` valid queries, in query order. With ``use_metric_cuhk03``: ``(cmc, mAP)``.
 
     Raises:
         ValueError: mismatched or empty inputs, NaN/inf distances, ``max_rank`` or ``chunk_size``
-            below 1, or no query with a positive in the gallery.
+            not an integer of at least 1, an unknown ``ap``, or no query with a positive in the
+            gallery.
 
     Reference:
         Zheng et al., "Scalable Person Re-identification: A Benchmark", ICCV 2015 (protocol, CMC,
@@ -426,12 +475,20 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chun
     """
     inputs = _validate(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = inputs.distmat.shape
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be at least 1, got {max_rank}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, numbers.Integral) or max_rank < 1:
+        raise ValueError(f"max_rank must be an integer of at least 1, got {max_rank!r}")
+    if ap not in ("standard", "trapezoid"):
+        raise ValueError(f"ap must be 'standard' or 'trapezoid', got {ap!r}")
+    if use_metric_cuhk03:
+        return _evaluate_cuhk03(inputs, min(int(max_rank), num_g))
     if chunk_size is None:
         chunk_size = default_chunk_size(num_g)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be an integer of at least 1, got {chunk_size!r}")
     if num_g < max_rank:
         logger.info("Gallery has only %d items; CMC is computed up to rank %d", num_g, num_g)
         max_rank = num_g
@@ -442,8 +499,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chun
         stop = min(start + chunk_size, num_q)
         dist = _block_distances(inputs.distmat, start, stop)
         block = _block_ranks(dist, inputs.q_pids[start:stop], inputs.q_camids[start:stop], gallery)
-        ap, inp, first = _query_metrics(block)
-        all_ap.append(ap)
+        ap_block, inp, first = _query_metrics(block, ap)
+        all_ap.append(ap_block)
         all_inp.append(inp)
         first_hits.append(first)
 
@@ -456,3 +513,55 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chun
     all_ap = torch.cat(all_ap).cpu().numpy()
     all_inp = torch.cat(all_inp).cpu().numpy()
     return _cmc(first_hits, max_rank), all_ap, all_inp
+
+
+CUHK03_REPEATS = 10
+"""Random single-shot galleries per query in CUHK03's classic protocol (FastReID's count)."""
+
+
+def _evaluate_cuhk03(inputs, max_rank):
+    """CUHK03's single-gallery-shot protocol (see :func:`evaluate_rank`), query by query in numpy.
+
+    FastReID draws, for each valid query, each repeat and each gallery identity in the order of
+    its first appearance in the query's ranked list, one image with ``np.random.choice``; one
+    vectorised ``np.random.randint`` over the same list of sizes draws the same numbers.
+    """
+    dist = inputs.distmat.cpu().numpy()
+    q_pids, g_pids = inputs.q_pids.cpu().numpy(), inputs.g_pids.cpu().numpy()
+    q_cams, g_cams = inputs.q_camids.cpu().numpy(), inputs.g_camids.cpu().numpy()
+    all_cmc, all_ap = [], []
+    for q in range(len(dist)):
+        order = np.argsort(dist[q], kind="stable")
+        keep = ~((g_pids[order] == q_pids[q]) & (g_cams[order] == q_cams[q]))
+        pids = g_pids[order][keep]
+        positive = pids == q_pids[q]
+        if not positive.any():
+            continue
+        # identities in order of first appearance; each one's positions, ascending
+        _, first, group = np.unique(pids, return_index=True, return_inverse=True)
+        rank_of_group = np.argsort(np.argsort(first, kind="stable"), kind="stable")
+        group = rank_of_group[group.reshape(-1)]
+        counts = np.bincount(group)
+        positions = np.argsort(group, kind="stable")  # grouped, ascending within a group
+        starts = np.cumsum(counts) - counts
+        # FastReID's generator, so that a seed gives its numbers
+        sizes = np.tile(counts, CUHK03_REPEATS)
+        draws = np.random.randint(0, sizes).reshape(CUHK03_REPEATS, -1)  # noqa: NPY002
+        chosen = positions[starts + draws]  # (repeats, identities): one position each
+        own = chosen[:, group[np.flatnonzero(positive)[0]]]
+        hit_rank = (chosen < own[:, None]).sum(axis=1)  # 0-based among the drawn images
+        width = min(max_rank, len(counts))
+        cmc = np.float32(0.0)
+        for r in range(CUHK03_REPEATS):  # float32 sums in FastReID's order
+            cmc = cmc + (np.arange(width) >= hit_rank[r]).astype(np.float32)
+        all_cmc.append(cmc / CUHK03_REPEATS)
+        hits = np.flatnonzero(positive)
+        all_ap.append(float(np.sum(np.arange(1, len(hits) + 1) / (hits + 1.0)) / len(hits)))
+    if not all_cmc:
+        raise ValueError(
+            "No query has a valid match: none of the query identities appears in the gallery "
+            "under another camera (FastReID: 'all query identities do not appear in gallery')"
+        )
+    width = max(len(c) for c in all_cmc)  # ragged only if some query has fewer identities:
+    all_cmc = np.stack([np.pad(c, (0, width - len(c)), constant_values=1.0) for c in all_cmc])
+    return all_cmc.sum(0) / np.float32(len(all_cmc)), float(np.mean(all_ap))

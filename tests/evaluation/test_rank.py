@@ -303,5 +303,90 @@ def test_rejects_when_no_query_has_a_valid_match():
 
 @pytest.mark.parametrize("keyword", ["max_rank", "chunk_size"])
 def test_rejects_non_positive_sizes(keyword):
-    with pytest.raises(ValueError, match=f"{keyword} must be at least 1"):
+    with pytest.raises(ValueError, match=f"{keyword} must be an integer of at least 1"):
         evaluate_rank(*valid_case(), **{keyword: 0})
+
+
+# FastReID's signature: max_rank, use_metric_cuhk03, use_cython at the same positions.
+
+
+def _market_matlab_ap(distmat, q_pids, g_pids, q_camids, g_camids):
+    """The original Market-1501 ``compute_AP.m``, transcribed loop by loop: junk (same identity
+    and camera) skipped, trapezoids between the precision before and at each position."""
+    aps = []
+    for q in range(len(distmat)):
+        order = np.argsort(distmat[q], kind="stable")
+        junk = (g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])
+        good = (g_pids[order] == q_pids[q]) & ~junk
+        n_good = good.sum()
+        if n_good == 0:
+            continue
+        ap, old_recall, old_precision, hits, j = 0.0, 0.0, 1.0, 0, 0
+        for i in range(len(order)):
+            if junk[i]:
+                continue
+            hits += int(good[i])
+            recall, precision = hits / n_good, hits / (j + 1)
+            ap += (recall - old_recall) * (old_precision + precision) / 2
+            old_recall, old_precision, j = recall, precision, j + 1
+            if hits == n_good:
+                break
+        aps.append(ap)
+    return np.asarray(aps)
+
+
+@pytest.mark.parametrize("seed", [3, 17])
+def test_trapezoidal_ap_is_market_matlab_code(seed):
+    case = clustered_case(seed, 40, 300)
+    _, trapezoid, inp = evaluate_rank(*case, ap="trapezoid", chunk_size=7)
+    np.testing.assert_allclose(trapezoid, _market_matlab_ap(*case), rtol=0, atol=1e-12)
+    cmc, standard, standard_inp = evaluate_rank(*case)
+    assert not np.allclose(trapezoid, standard)  # a different measure, on the same ranks
+    np.testing.assert_array_equal(inp, standard_inp)
+
+
+@pytest.mark.parametrize("num_query,num_gallery,num_cams,max_rank", [(30, 200, 2, 50),
+                         (60, 500, 3, 5), (5, 40, 2, 50), (80, 900, 6, 20)])  # fmt: skip
+def test_cuhk03_protocol_equals_fastreid_for_a_seed(num_query, num_gallery, num_cams, max_rank):
+    """Single-gallery-shot CUHK03: the same random draws as FastReID's, hence the same numbers
+    (float64 distances: no ties, whose order FastReID's unstable sort leaves open)."""
+    from fastreid.evaluation.rank import eval_cuhk03
+
+    case = uniform_case(num_gallery, num_query, num_gallery, num_ids=20, num_cams=num_cams)
+    np.random.seed(num_query)  # noqa: NPY002  (FastReID draws from the global generator)
+    ref_cmc, ref_map = eval_cuhk03(*case, max_rank)
+    np.random.seed(num_query)  # noqa: NPY002  (FastReID draws from the global generator)
+    cmc, m_ap = evaluate_rank(*case, max_rank, True)  # FastReID's positional use_metric_cuhk03
+    assert cmc.dtype == np.float32 and cmc.shape == ref_cmc.shape
+    np.testing.assert_array_equal(cmc, ref_cmc)
+    assert m_ap == pytest.approx(ref_map, abs=1e-12)
+    np.random.seed(num_query + 1)  # noqa: NPY002  (other draws: the same mAP)
+    other, other_map = evaluate_rank(*case, max_rank, use_metric_cuhk03=True)
+    assert other_map == pytest.approx(m_ap, abs=1e-12)
+
+
+def test_fastreid_positional_and_keyword_arguments():
+    case = uniform_case(5, 20, 100)
+    market = evaluate_rank(*case)
+    for ours in (evaluate_rank(*case, 50, False), evaluate_rank(*case, 50, False, True),
+                 evaluate_rank(*case, use_metric_cuhk03=False, use_cython=False)):  # fmt: skip
+        assert_same_metrics(ours, market)
+
+
+def test_string_ids_as_fastreid_python_ranker():
+    """FastReID's Python ranker compares ids with ==, so strings work there: here too."""
+    case = uniform_case(8, 20, 120)
+    names = np.array([f"person_{i:03d}" for i in range(10)])
+    cams = np.array(["cam_a", "cam_b", "cam_c", "cam_d"])
+    named = (case[0], names[case[1]], names[case[2]], cams[case[3]], cams[case[4]])
+    assert_same_metrics(evaluate_rank(*named), evaluate_rank(*case))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"max_rank": 5.0}, "max_rank must be an integer"), ({"max_rank": None}, "max_rank"),
+     ({"chunk_size": 2.5}, "chunk_size must be an integer"), ({"ap": "11-point"}, "ap must be")],
+)  # fmt: skip
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_rank(*uniform_case(1, 4, 20), **kwargs)
