@@ -11,6 +11,7 @@ __all__ = [
     "check_opts",
     "check_registered",
     "IDENTITY_SAMPLERS",
+    "TEST_METRICS",
     "TRAINING_SAMPLERS",
 ]
 
@@ -18,6 +19,9 @@ IDENTITY_SAMPLERS = ("NaiveIdentitySampler", "BalancedIdentitySampler", "SetReWe
 """FastReID's samplers that draw ``NUM_INSTANCE`` images of each identity in a batch; each yields a
 batch only once it holds exactly the per-process batch, so one that ``NUM_INSTANCE`` does not
 divide never comes and training hangs."""
+
+TEST_METRICS = ("cosine", "euclidean")
+"""``TEST.METRIC`` values the evaluator ranks with (FastReID's ``build_dist``)."""
 
 TRAINING_SAMPLERS = ("TrainingSampler", "ImbalancedDatasetSampler", *IDENTITY_SAMPLERS)
 """``DATALOADER.SAMPLER_TRAIN`` values FastReID's training loader knows."""
@@ -81,6 +85,15 @@ def check_config(cfg, training=True):
     """
     _positive(cfg, "TEST.IMS_PER_BATCH")
     check_registered(list(cfg.DATASETS.TESTS), "DATASETS.TESTS")
+    if cfg.TEST.METRIC not in TEST_METRICS:
+        hint = (
+            " (FastReID's 'jaccard' is the re-ranking distance: set TEST.RERANK.ENABLED True)"
+            if cfg.TEST.METRIC == "jaccard"
+            else ""
+        )
+        raise ConfigError(
+            f"TEST.METRIC '{cfg.TEST.METRIC}' is not one of {', '.join(TEST_METRICS)}{hint}."
+        )
     if not training:
         return
     batch = _positive(cfg, "SOLVER.IMS_PER_BATCH")

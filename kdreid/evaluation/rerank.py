@@ -323,9 +323,14 @@ def _check_int(name, value, minimum=1):
     return int(value)
 
 
-def _check_parameters(k1, k2, lambda_value):
-    """``k1``, ``k2`` as ints >= 1 and ``lambda_value`` as a float in [0, 1]."""
-    lam = float(lambda_value)
+def _check_parameters(k1, k2, lambda_value, memory_budget=DEFAULT_MEMORY_BUDGET):
+    """``k1``, ``k2`` as ints >= 1, ``lambda_value`` as a float in [0, 1], ``memory_budget`` an
+    int >= 1 (bytes)."""
+    _check_int("memory_budget", memory_budget)
+    try:
+        lam = float(lambda_value)
+    except (TypeError, ValueError):
+        raise ValueError(f"lambda_value must be a number in [0, 1], got {lambda_value!r}") from None
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
     return _check_int("k1", k1), _check_int("k2", k2), lam
@@ -401,7 +406,7 @@ def re_ranking(
     Reference:
         Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017.
     """
-    k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
+    k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value, memory_budget)
     q_g, q_q, g_g = _check_matrices(q_g_dist, q_q_dist, g_g_dist)
     source = MatrixRows(q_g, q_q, g_g)
     out = torch.empty(q_g.shape, dtype=torch.float32, device=q_g.device)
@@ -452,7 +457,7 @@ def re_ranking_features(
     Reference:
         Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017.
     """
-    k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
+    k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value, memory_budget)
     q, g = _check_features(q_feat, g_feat, metric)
     source = FeatureRows(q, g, metric, memory_budget)
     if chunk_size is None:

@@ -42,6 +42,8 @@ def test_the_shipped_tiny_config_passes():
         (["DATASETS.TESTS", "('Nope',)"], "DATASETS.TESTS names 'Nope'.*SynthReIDTiny"),
         (["DATASETS.NAMES", "()"], "DATASETS.NAMES is empty"),
         (["DATALOADER.SAMPLER_TRAIN", "Foo"], "SAMPLER_TRAIN 'Foo' is not a training sampler"),
+        (["TEST.METRIC", "jaccard"], "'jaccard' is the re-ranking distance: set TEST.RERANK"),
+        (["TEST.METRIC", "l2"], "TEST.METRIC 'l2' is not one of cosine, euclidean"),
     ],
 )
 def test_values_that_cannot_work_are_refused(opts, message):

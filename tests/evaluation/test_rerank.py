@@ -258,6 +258,8 @@ def good_matrices():
         ({"lambda_value": -0.1}, r"lambda_value must be in \[0, 1\]"),
         ({"lambda_value": 1.5}, r"lambda_value must be in \[0, 1\]"),
         ({"lambda_value": float("nan")}, r"lambda_value must be in \[0, 1\]"),
+        ({"lambda_value": "a"}, r"lambda_value must be a number in \[0, 1\], got 'a'"),
+        ({"memory_budget": 0}, "memory_budget must be an integer >= 1"),
     ],
 )
 def test_bad_matrix_inputs(change, message):
@@ -283,6 +285,7 @@ def test_all_zero_distances_rejected():
         ({"metric": "l2"}, "metric must be one of"),
         ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
         ({"k2": -1}, "k2 must be an integer >= 1"),
+        ({"memory_budget": -5}, "memory_budget must be an integer >= 1"),
     ],
 )
 def test_bad_feature_inputs(change, message):
