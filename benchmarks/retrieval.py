@@ -475,9 +475,10 @@ def section_eval(work, args, results):
         )
 
     cmc, all_ap, all_inp = ours
+    top = min(10, len(cmc))  # a tiny gallery has a shorter curve
     print(
         f"  metrics of this data: mAP {100 * all_ap.mean():.1f}, Rank-1 {100 * cmc[0]:.1f}, "
-        f"Rank-10 {100 * cmc[9]:.1f}, mINP {100 * all_inp.mean():.1f} (%), "
+        f"Rank-{top} {100 * cmc[top - 1]:.1f}, mINP {100 * all_inp.mean():.1f} (%), "
         f"{len(all_ap):,} valid queries"
     )
 
@@ -773,7 +774,8 @@ def main(argv=None):
     for line in machine_description():
         print(line)
     print(f"Data: {work.describe()}")
-    print(f"Timing: median of {args.repeats} runs after one warm-up run")
+    runs = f"median of {args.repeats} runs" if args.repeats > 1 else "one run"
+    print(f"Timing: {runs} after one warm-up run")
     warning = busy_warning()
     if warning:
         print(warning)
