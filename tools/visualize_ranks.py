@@ -1,4 +1,4 @@
-"""Draw the ranked lists of a trained model's worst queries, to see how it fails.
+"""Draw the ranked lists of a trained model's worst (or best) queries, to see how it fails.
 
     python tools/visualize_ranks.py --config-file CONFIG [--dataset NAME] [--num-queries N]
         [--topk K] [--order worst|best] [--rerank] [--output-dir DIR]
@@ -26,6 +26,7 @@ import kdreid  # noqa: E402, F401  (repairs fastreid before it is imported)
 
 # isort: split
 from fastreid.evaluation import DatasetEvaluator, inference_on_dataset  # noqa: E402
+from fastreid.evaluation.query_expansion import aqe  # noqa: E402
 from fastreid.utils.compute_dist import build_dist  # noqa: E402
 from fastreid.utils.logger import setup_logger  # noqa: E402
 
@@ -152,10 +153,10 @@ def rerank_distances(cfg, reranker, q_feat, g_feat):
 def run(args):
     cfg = build_cfg(args)
     setup_logger(name="kdreid")  # FastReID's INFO logs (the whole model printed) stay quiet
-    prepare_output_dir(args.output_dir)
     reranker = load_reranker() if args.rerank else None
     model = Trainer.build_model(cfg)
     load_weights_strict(model, cfg.MODEL.WEIGHTS)
+    prepare_output_dir(args.output_dir)  # once the weights are known to fit
     dataset_name = args.dataset or cfg.DATASETS.TESTS[0]
 
     data, num_query = extract(cfg, model, dataset_name)
@@ -163,6 +164,9 @@ def run(args):
     pids = torch.cat(data.pids).numpy()
     camids = torch.cat(data.camids).numpy()
     q_feat, g_feat = feats[:num_query], feats[num_query:]
+    if cfg.TEST.AQE.ENABLED:  # as the evaluator ranks
+        aqe_cfg = cfg.TEST.AQE
+        q_feat, g_feat = aqe(q_feat, g_feat, aqe_cfg.QE_TIME, aqe_cfg.QE_K, aqe_cfg.ALPHA)
     labels = (pids[:num_query], pids[num_query:], camids[:num_query], camids[num_query:])
     dist = build_dist(q_feat, g_feat, cfg.TEST.METRIC)
     rerank = rerank_distances(cfg, reranker, q_feat, g_feat) if reranker else None

@@ -256,7 +256,7 @@ def test_tool_end_to_end(datasets_root, random_checkpoint, tmp_path):
 
     proc = _tool(
         "--output-dir",
-        str(out),
+        str(tmp_path / "not_made"),
         "MODEL.WEIGHTS",
         str(tmp_path / "missing.pth"),
         datasets_root=datasets_root,
@@ -264,6 +264,7 @@ def test_tool_end_to_end(datasets_root, random_checkpoint, tmp_path):
     assert proc.returncode == 2
     assert "error: MODEL.WEIGHTS" in proc.stderr and "missing.pth" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "not_made").exists()  # refused before anything was written
 
     (tmp_path / "a_file").write_text("")
     proc = _tool(
@@ -318,3 +319,22 @@ def test_tool_rerank_row(fastreid_root, random_checkpoint, tmp_path, monkeypatch
     assert calls == [((32, 512), (64, 512), 7, 6, 0.3, "cosine")]
     assert len(written) == 1
     assert cv2.imread(written[0]).shape == (402, 412, 3)
+
+
+def test_tool_ranks_after_query_expansion_as_the_evaluator(
+    fastreid_root, random_checkpoint, tmp_path, monkeypatch
+):
+    """TEST.AQE.ENABLED: the pictures show the lists the evaluator scores (after AQE)."""
+    tool = _import_tool()
+    calls = []
+
+    def fake_aqe(q_feat, g_feat, qe_time, qe_k, alpha):
+        calls.append((q_feat.shape, g_feat.shape, qe_time, qe_k, alpha))
+        return q_feat, g_feat
+
+    monkeypatch.setattr(tool, "aqe", fake_aqe)
+    argv = ["--config-file", TINY, "--num-queries", "1", "--output-dir", str(tmp_path / "p"),
+            "MODEL.WEIGHTS", random_checkpoint, "KDREID.PROGRESS", "False",
+            "TEST.AQE.ENABLED", "True", "TEST.AQE.QE_K", "3"]  # fmt: skip
+    assert len(tool.run(tool.parse_args(argv))) == 1
+    assert calls == [((32, 512), (64, 512), 1, 3, 3.0)]
