@@ -417,6 +417,11 @@ def _cmc(first_hits, max_rank):
     return hits / np.float32(first_hits.numel())
 
 
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+
+
 @torch.no_grad()
 def evaluate_rank(
     distmat,
@@ -475,20 +480,14 @@ def evaluate_rank(
     """
     inputs = _validate(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = inputs.distmat.shape
-    if isinstance(max_rank, bool) or not isinstance(max_rank, numbers.Integral) or max_rank < 1:
-        raise ValueError(f"max_rank must be an integer of at least 1, got {max_rank!r}")
+    _check_positive_int("max_rank", max_rank)
     if ap not in ("standard", "trapezoid"):
         raise ValueError(f"ap must be 'standard' or 'trapezoid', got {ap!r}")
     if use_metric_cuhk03:
         return _evaluate_cuhk03(inputs, min(int(max_rank), num_g))
     if chunk_size is None:
         chunk_size = default_chunk_size(num_g)
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, numbers.Integral)
-        or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be an integer of at least 1, got {chunk_size!r}")
+    _check_positive_int("chunk_size", chunk_size)
     if num_g < max_rank:
         logger.info("Gallery has only %d items; CMC is computed up to rank %d", num_g, num_g)
         max_rank = num_g

@@ -35,7 +35,6 @@ import argparse
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 
 import torch
@@ -54,6 +53,7 @@ from kdreid.data.checks import read_image
 from kdreid.engine.checkpoint import load_weights_strict, prepare_output_dir
 from kdreid.engine.defaults import report_user_errors
 from kdreid.errors import ConfigError, OutputDirError, UserInputError
+from kdreid.evidence import CONFIG_KEY
 from mdpr.visualize import (
     MIN_PANEL_WIDTH,
     attention_panels,
@@ -72,8 +72,6 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 """Files of a folder given with ``--input`` that are read (case-insensitive)."""
-
-_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+")  # MODEL.WEIGHTS, not a path
 
 
 class ImagePathError(UserInputError, FileNotFoundError):
@@ -255,7 +253,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     # "--input a.jpg MODEL.WEIGHTS m.pth": argparse gives the config options to --input.
     for i, item in enumerate(args.input):
-        if _CONFIG_KEY.fullmatch(item):
+        if CONFIG_KEY.fullmatch(item):
             if i == 0:
                 parser.error("--input needs at least one image or folder before KEY VALUE options")
             args.input, args.opts = args.input[:i], args.input[i:] + args.opts
