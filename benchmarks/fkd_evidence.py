@@ -52,9 +52,8 @@ import sys
 from typing import NamedTuple
 
 from factorized_kd.views import PARTIAL_VIEWS, view_fractions
-from kdreid.engine.defaults import report_user_errors
 from kdreid.evidence import comparison_tables, fmt, parse_args
-from kdreid.runs import REPO, run_logged, train_and_record, training_images
+from kdreid.runs import REPO, main_of_runs, run_logged, train_and_record, training_images
 
 PROJECT = os.path.join(REPO, "projects", "FactorizedKD")
 TRAIN_NET = os.path.join(PROJECT, "train_net.py")
@@ -374,4 +373,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    report_user_errors(main)  # a folder of other settings, bad options: one line
+    main_of_runs(main)  # bad options, a folder of other settings, a failed run: one line

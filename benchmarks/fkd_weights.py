@@ -30,9 +30,8 @@ from fkd_evidence import (
     train_teachers,
 )
 
-from kdreid.engine.defaults import report_user_errors
 from kdreid.evidence import fmt, parse_with_opts
-from kdreid.runs import REPO
+from kdreid.runs import REPO, main_of_runs
 
 # The map term falls from ~5 to ~0.1 in the first epochs at weight 1 while the feature term stays
 # near 5 (the first FD run's log), so the pairs move the feature weight both ways and the map
@@ -128,4 +127,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    report_user_errors(main)  # a folder of other settings, bad options: one line
+    main_of_runs(main)  # bad options, a folder of other settings, a failed run: one line

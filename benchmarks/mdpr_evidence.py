@@ -30,9 +30,8 @@ continues where it stopped. ``KEY VALUE`` options apply to every run, training a
 import os
 from typing import NamedTuple
 
-from kdreid.engine.defaults import report_user_errors
 from kdreid.evidence import comparison_tables, fmt, parse_args
-from kdreid.runs import REPO, train_and_record
+from kdreid.runs import REPO, main_of_runs, train_and_record
 
 TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
 CONFIGS = "configs/MDPR/Synthetic"
@@ -134,4 +133,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    report_user_errors(main)  # a folder of other settings, bad options: one line
+    main_of_runs(main)  # bad options, a folder of other settings, a failed run: one line

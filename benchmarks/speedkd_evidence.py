@@ -27,9 +27,8 @@ import os
 import statistics
 import sys
 
-from kdreid.engine.defaults import report_user_errors
 from kdreid.evidence import parse_with_opts
-from kdreid.runs import REPO, run_logged
+from kdreid.runs import REPO, main_of_runs, run_logged
 from speed_kd.runs import train_and_record
 from speed_kd.tradeoff import find_records, write_tradeoff
 
@@ -157,4 +156,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    report_user_errors(main)  # a folder of other settings, bad options: one line
+    main_of_runs(main)  # bad options, a folder of other settings, a failed run: one line

@@ -20,15 +20,29 @@ from dataclasses import dataclass
 
 import yaml
 
+from kdreid.engine.defaults import report_user_errors
 from kdreid.errors import StaleRunError
 
-__all__ = ["REPO", "Run", "check_reuse", "run_logged", "train_and_record", "training_images"]
+__all__ = [
+    "REPO",
+    "Run",
+    "RunFailedError",
+    "check_reuse",
+    "main_of_runs",
+    "run_logged",
+    "train_and_record",
+    "training_images",
+]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The repository root (the folder holding the ``kdreid`` package): commands run from here."""
 
 _START = re.compile(r"Starting training from epoch (\d+)")
 _STEP = re.compile(r"epoch/iter: (\d+)/(\d+)")
+
+
+class RunFailedError(RuntimeError):
+    """A run's process failed: the message names its log and repeats its last lines."""
 
 
 @dataclass
@@ -70,7 +84,7 @@ def run_logged(cmd, log_path, echo=None):
         float: seconds it ran.
 
     Raises:
-        RuntimeError: it failed; the message names the log and repeats its last lines.
+        RunFailedError: it failed; the message names the log and repeats its last lines.
     """
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.perf_counter()
@@ -79,16 +93,40 @@ def run_logged(cmd, log_path, echo=None):
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        for line in proc.stdout:
-            log.write(line)
-            tail = (tail + [line.rstrip()])[-5:]
-            if echo is not None and "eta:" in line:
-                echo(line.rstrip())
-        proc.wait()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                tail = (tail + [line.rstrip()])[-5:]
+                if echo is not None and "eta:" in line:
+                    echo(line.rstrip())
+            proc.wait()
+        except BaseException:  # Ctrl-C, an error in echo: leave no training running unseen
+            proc.terminate()
+            proc.wait()
+            raise
     if proc.returncode:
         last = "\n    ".join(tail)
-        raise RuntimeError(f"failed (exit {proc.returncode}), see {log_path}:\n    {last}")
+        raise RunFailedError(f"failed (exit {proc.returncode}), see {log_path}:\n    {last}")
     return time.perf_counter() - start
+
+
+def main_of_runs(fn, *args):
+    """Call ``fn(*args)``, the ``main`` of a script of runs (the demo, the evidence scripts), so
+    that it ends with one line, not a traceback: bad input or a folder of other settings, status
+    2 (:func:`kdreid.engine.defaults.report_user_errors`); a failed run, its log named, status
+    1; Ctrl-C, how to continue, status 130."""
+    try:
+        return report_user_errors(fn, *args)
+    except RunFailedError as exc:
+        print(f"error: a run {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: run the same command again to continue (finished runs are reused, "
+            "an unfinished one resumes from its last checkpoint).",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 def training_images(log_path, config_path):

@@ -8,7 +8,15 @@ import sys
 import pytest
 
 from kdreid.errors import StaleRunError
-from kdreid.runs import Run, check_reuse, run_logged, train_and_record, training_images
+from kdreid.runs import (
+    Run,
+    RunFailedError,
+    check_reuse,
+    main_of_runs,
+    run_logged,
+    train_and_record,
+    training_images,
+)
 
 from .conftest import REPO
 
@@ -134,6 +142,49 @@ def test_old_timings_count_their_images_from_the_log(tmp_path):
 
 def test_a_failed_command_names_its_log(tmp_path):
     log = tmp_path / "out" / "fail.log"
-    with pytest.raises(RuntimeError, match=r"exit 3.*fail\.log:\n    boom"):
+    with pytest.raises(RunFailedError, match=r"exit 3.*fail\.log:\n    boom"):
         run_logged([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], str(log))
     assert log.read_text() == "boom\n"
+
+
+def test_an_interrupted_run_leaves_no_process_behind(tmp_path):
+    """Ctrl-C while a run's output is read: the run is stopped, not left training unseen."""
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+    child += "print('eta: 1:00', flush=True); time.sleep(120)"
+
+    def interrupt(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_logged([sys.executable, "-c", child], str(tmp_path / "run.log"), echo=interrupt)
+    with pytest.raises(ProcessLookupError):  # stopped and reaped
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def _fail_run():
+    run_logged([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], "/dev/null")
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+def _stale():
+    raise StaleRunError("'logs/x' holds a run made with other settings: seed 1 (now 0).")
+
+
+@pytest.mark.parametrize(
+    "fn, status, message",
+    [
+        (_fail_run, 1, "error: a run failed (exit 3), see /dev/null:\n    boom\n"),
+        (_interrupt, 130, "\ninterrupted: run the same command again to continue (finished "),
+        (_stale, 2, "error: 'logs/x' holds a run made with other settings: seed 1 (now 0).\n"),
+    ],
+)
+def test_scripts_of_runs_end_with_one_line(fn, status, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main_of_runs(fn)
+    assert exc.value.code == status
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err

@@ -28,6 +28,7 @@ import time
 from tabulate import tabulate
 
 from kdreid.benchmark import OTHER_LOAD_WARNING
+from kdreid.runs import main_of_runs
 from speed_kd.runs import train_and_record
 
 TEACHER = "configs/Synthetic/bagtricks_R18.yml"
@@ -144,10 +145,7 @@ def report(stages, seed, epochs):
 
 
 def main(argv=None):
-    try:
-        run(parse_args(argv))
-    except RuntimeError as exc:
-        sys.exit(f"error: {exc}")
+    main_of_runs(run, parse_args(argv))  # a folder of other settings, a failed run: one line
 
 
 if __name__ == "__main__":

@@ -36,6 +36,20 @@ def _positive(cfg, key):
     return node
 
 
+def _image_size(cfg, key):
+    """``INPUT.SIZE_*``: FastReID resizes every image to ``[height, width]``."""
+    size = cfg.INPUT[key.split(".")[-1]]
+    if (
+        not isinstance(size, list | tuple)
+        or len(size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)
+    ):
+        raise ConfigError(
+            f"{key} must be [height, width] in pixels, two positive integers (e.g. [256, 128]); "
+            f"got {size!r}."
+        )
+
+
 def check_registered(names, key):
     """Every name in ``names`` is a registered dataset; ``key`` says where they came from.
 
@@ -71,7 +85,9 @@ def check_opts(opts):
 def check_config(cfg, training=True):
     """Refuse values that cannot work, before any model or data loader is built.
 
-    Always: ``TEST.IMS_PER_BATCH`` >= 1 and ``DATASETS.TESTS`` registered. For training also:
+    Always: ``TEST.IMS_PER_BATCH`` >= 1, ``DATASETS.TESTS`` registered, ``TEST.METRIC`` one the
+    evaluator ranks with, ``INPUT.SIZE_TEST`` a ``[height, width]``. For training also:
+    ``INPUT.SIZE_TRAIN`` a ``[height, width]``,
     ``SOLVER.IMS_PER_BATCH`` and ``SOLVER.MAX_EPOCH`` >= 1, ``DATASETS.NAMES`` registered, a known
     ``DATALOADER.SAMPLER_TRAIN``, and for identity samplers a batch that splits evenly over the
     processes and then into ``DATALOADER.NUM_INSTANCE`` images per identity.
@@ -84,6 +100,7 @@ def check_config(cfg, training=True):
         ConfigError: naming the key, its value and what would work.
     """
     _positive(cfg, "TEST.IMS_PER_BATCH")
+    _image_size(cfg, "INPUT.SIZE_TEST")
     check_registered(list(cfg.DATASETS.TESTS), "DATASETS.TESTS")
     if cfg.TEST.METRIC not in TEST_METRICS:
         hint = (
@@ -96,6 +113,7 @@ def check_config(cfg, training=True):
         )
     if not training:
         return
+    _image_size(cfg, "INPUT.SIZE_TRAIN")
     batch = _positive(cfg, "SOLVER.IMS_PER_BATCH")
     _positive(cfg, "SOLVER.MAX_EPOCH")
     check_registered(list(cfg.DATASETS.NAMES), "DATASETS.NAMES")

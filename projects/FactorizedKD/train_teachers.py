@@ -23,7 +23,7 @@ import sys
 
 from factorized_kd.views import PARTIAL_VIEWS
 from kdreid.evidence import parse_with_opts
-from kdreid.runs import train_and_record
+from kdreid.runs import main_of_runs, train_and_record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_NET = os.path.join(HERE, "train_net.py")
@@ -48,7 +48,7 @@ def train_teachers(config, output_dir, views=PARTIAL_VIEWS, seed=0, opts=(), ech
 
     Raises:
         ValueError: an unknown or repeated view.
-        RuntimeError: a run failed (the message names its log).
+        kdreid.runs.RunFailedError: a run failed (the message names its log).
     """
     unknown = [v for v in views if v not in PARTIAL_VIEWS]
     if unknown or len(set(views)) != len(views):
@@ -133,9 +133,8 @@ def main(argv=None):
         runs = train_teachers(
             config, output_dir, args.views, args.seed, args.opts, train_net=TRAIN_NET
         )
-    except (ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except ValueError as exc:  # a view named twice
+        parser.error(str(exc))
     print(f"Teachers, each on its view:\n{_summary(runs)}")
     options = ensemble_options(output_dir, args.views)
     base = args.ensemble_config or os.path.join(os.path.dirname(config), "ensemble.yml")
@@ -153,4 +152,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_of_runs(main))  # bad options, a folder of other settings, a failed run: one line

@@ -44,6 +44,11 @@ def test_the_shipped_tiny_config_passes():
         (["DATALOADER.SAMPLER_TRAIN", "Foo"], "SAMPLER_TRAIN 'Foo' is not a training sampler"),
         (["TEST.METRIC", "jaccard"], "'jaccard' is the re-ranking distance: set TEST.RERANK"),
         (["TEST.METRIC", "l2"], "TEST.METRIC 'l2' is not one of cosine, euclidean"),
+        # PIL's "height and width must be > 0" from a loader worker, mid-training, before
+        (["INPUT.SIZE_TRAIN", "[64, 0]"], r"SIZE_TRAIN must be \[height, width\].*got \[64, 0\]"),
+        (["INPUT.SIZE_TRAIN", "[64]"], r"INPUT.SIZE_TRAIN must be \[height, width\]"),
+        (["INPUT.SIZE_TEST", "[64, 32, 3]"], r"INPUT.SIZE_TEST must be \[height, width\]"),
+        (["INPUT.SIZE_TEST", "[64.0, 32]"], r"INPUT.SIZE_TEST must be \[height, width\]"),
     ],
 )
 def test_values_that_cannot_work_are_refused(opts, message):
@@ -67,7 +72,10 @@ def test_the_batch_is_split_over_processes_first(monkeypatch):
 
 
 def test_evaluation_ignores_the_training_keys():
-    check_config(tiny("SOLVER.MAX_EPOCH", "0", "DATALOADER.NUM_INSTANCE", "7"), training=False)
+    check_config(
+        tiny("SOLVER.MAX_EPOCH", "0", "DATALOADER.NUM_INSTANCE", "7", "INPUT.SIZE_TRAIN", "[0, 0]"),
+        training=False,
+    )
     with pytest.raises(ConfigError, match="DATASETS.TESTS"):
         check_config(tiny("DATASETS.TESTS", "('Nope',)"), training=False)
 
