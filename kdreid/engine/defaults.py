@@ -75,6 +75,23 @@ def seed(cfg, epoch=0):
         logger.info("Seeded the random generators with %d", value)
 
 
+def _drop_generated_seed(record):
+    return not record.getMessage().startswith("Using a generated random seed")
+
+
+@contextlib.contextmanager
+def _quiet_generated_seed(cfg):
+    """FastReID's ``default_setup`` seeds with a random value and logs it; with ``KDREID.SEED``
+    set, :func:`seed` seeds again right after, and that line would mislead the reader."""
+    env_logger = logging.getLogger("fastreid.utils.env")
+    if cfg.KDREID.SEED >= 0:
+        env_logger.addFilter(_drop_generated_seed)
+    try:
+        yield
+    finally:
+        env_logger.removeFilter(_drop_generated_seed)
+
+
 def default_output_dir(config_file, eval_only=False):
     """Where a run goes when neither its config nor its command line sets ``OUTPUT_DIR`` (left at
     FastReID's ``logs/``, every run would write over the last one's checkpoints): ``logs/`` and
@@ -146,7 +163,8 @@ def setup(args):
     if comm.is_main_process() and os.path.isfile(dumped):
         with open(dumped, "rb") as f:
             _previous_configs[dumped] = f.read()
-    default_setup(cfg, args)
+    with _quiet_generated_seed(cfg):
+        default_setup(cfg, args)
     for name in LOGGERS:
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
     if derived:

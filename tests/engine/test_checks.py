@@ -119,3 +119,13 @@ def test_several_machines_without_cuda_is_one_line(tmp_path, capsys):
         launch_main(launch_args)
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("error: --num-machines 2 needs CUDA")
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_the_log_names_the_seed_the_run_uses(tmp_path, value):
+    """FastReID's setup seeds with a random value and logs it; with KDREID.SEED set, that value is
+    replaced at once, and the log names only the one used."""
+    setup(args(tmp_path, "KDREID.SEED", str(value)))
+    log = (tmp_path / "log.txt").read_text()
+    assert ("Using a generated random seed" in log) == (value < 0)
+    assert ("Seeded the random generators with 0" in log) == (value == 0)
