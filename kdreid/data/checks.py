@@ -5,9 +5,12 @@ image as whatever PIL raises deep inside a loader worker, without the file name.
 wraps the two functions involved so that the error names the path and what was expected.
 """
 
+import functools
 import glob
 import os
 import re
+import sys
+import warnings
 
 from fastreid.data import build, common, data_utils
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -98,10 +101,32 @@ def _checking_file_names(process_dir, dataset):
     return checked
 
 
+def _warning_once_found(init):
+    """FastReID's Market-1501 warns of its deprecated layout before it checks that anything is
+    there; for a missing dataset, :func:`check_before_run`'s error already shows both layouts. The
+    warnings of ``__init__`` are held back and issued only if the dataset loads."""
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            init(self, *args, **kwargs)
+        for w in caught:  # once per place, as before (the module's registry)
+            registry = vars(sys.modules[init.__module__]).setdefault("__warningregistry__", {})
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, registry=registry)
+
+    wrapped._kdreid_checked = True
+    return wrapped
+
+
 def install():
     """Apply the wrappers (idempotent)."""
     common.read_image = read_image
     Dataset.check_before_run = check_before_run
+    for name in PREFERRED_SUBFOLDER:
+        cls = DATASET_REGISTRY.get(name)
+        if not getattr(cls.__init__, "_kdreid_checked", False):
+            cls.__init__ = _warning_once_found(cls.__init__)
     for name in FILE_NAMES:
         cls = DATASET_REGISTRY.get(name)
         if not getattr(cls.process_dir, "_kdreid_checked", False):

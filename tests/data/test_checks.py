@@ -11,11 +11,12 @@ from kdreid.errors import DatasetNotFoundError, UnreadableImageError
 from ..conftest import REPO
 
 
-def test_missing_dataset_names_path_and_layout(tmp_path):
+def test_missing_dataset_names_path_and_layout(tmp_path, recwarn):
     from fastreid.data.datasets import DATASET_REGISTRY
 
     with pytest.raises(DatasetNotFoundError) as info:
         DATASET_REGISTRY.get("Market1501")(root=str(tmp_path))
+    assert not recwarn.list  # FastReID's "deprecated layout" warning: the error says it all
     message = str(info.value)
     assert str(tmp_path) in message
     assert "bounding_box_train" in message and "query" in message  # the expected layout
@@ -54,6 +55,9 @@ def test_a_file_named_unlike_the_dataset_is_named(tmp_path, stray, why):
         (market / split).mkdir(parents=True)
         (market / split / "0002_c1s1_000451_03.jpg").write_bytes(b"")
     assert len(DATASET_REGISTRY.get("Market1501")(root=str(tmp_path)).query) == 1  # well named
+    with pytest.warns(UserWarning, match="data structure is deprecated"):  # a real fallback
+        old = DATASET_REGISTRY.get("Market1501")(root=str(market))
+    assert len(old.query) == 1
     (market / "query" / stray).write_bytes(b"")
     with pytest.raises(DatasetCorruptError, match=f"'{market / 'query' / stray}' is not named"):
         len(DATASET_REGISTRY.get("Market1501")(root=str(tmp_path)).query)  # read when first used
