@@ -22,6 +22,7 @@ from fastreid.config.config import BASE_KEY
 from kdreid.errors import ConfigError
 
 __all__ = [
+    "check_device",
     "add_kdreid_config",
     "get_cfg",
     "merge_from_file",
@@ -331,6 +332,20 @@ def merge_from_list(cfg: CfgNode, opts) -> None:
         raise ConfigError(f"Invalid command-line option: {exc}") from None
 
 
+def check_device(requested: str) -> str:
+    """``MODEL.DEVICE`` other than ``"auto"`` as torch names it.
+
+    Raises:
+        ConfigError: not a device torch knows.
+    """
+    try:
+        return str(torch.device(requested))
+    except RuntimeError:
+        raise ConfigError(
+            f"MODEL.DEVICE '{requested}' is not a device; use 'auto', 'cpu' or 'cuda[:N]'."
+        ) from None
+
+
 def resolve_device(cfg: CfgNode) -> str:
     """Turn ``MODEL.DEVICE`` into a device torch can use, and AMP off where it cannot run.
 
@@ -352,12 +367,7 @@ def resolve_device(cfg: CfgNode) -> str:
         logger.warning("MODEL.DEVICE is '%s' but torch sees no GPU: using the CPU.", requested)
         device = "cpu"
     else:
-        try:
-            device = str(torch.device(requested))
-        except RuntimeError:
-            raise ConfigError(
-                f"MODEL.DEVICE '{requested}' is not a device; use 'auto', 'cpu' or 'cuda[:N]'."
-            ) from None
+        device = check_device(requested)
     cfg.MODEL.DEVICE = device
     if device == "cpu" and cfg.SOLVER.AMP.ENABLED:
         logger.info("SOLVER.AMP.ENABLED ignored: mixed precision training needs CUDA.")

@@ -50,7 +50,6 @@ def check_before_run(self, required_files):
     missing = [path for path in required_files if not os.path.exists(path)]
     if not missing:
         return
-    root = build._root  # FastReID reads $FASTREID_DATASETS once, when fastreid.data is imported
     layout = "Expected this layout"
     subfolder = PREFERRED_SUBFOLDER.get(type(self).__name__)
     data_dir = getattr(self, "data_dir", None)
@@ -63,13 +62,49 @@ def check_before_run(self, required_files):
         ]
         missing = [path for path in required_files if not os.path.exists(path)]
         layout += f" (or, deprecated, the same folders directly in '{os.path.normpath(data_dir)}')"
-    expected = "\n".join(f"  {path}" for path in required_files)
-    raise DatasetNotFoundError(
-        f"Dataset {type(self).__name__}: '{missing[0]}' is not found.\n"
-        f"{layout}:\n{expected}\n"
+    raise _not_found(type(self).__name__, missing[0], layout, required_files)
+
+
+def _not_found(dataset, missing, layout, expected):
+    root = build._root  # FastReID reads $FASTREID_DATASETS once, when fastreid.data is imported
+    expected = "\n".join(f"  {path}" for path in expected)
+    return DatasetNotFoundError(
+        f"Dataset {dataset}: '{missing}' is not found.\n{layout}:\n{expected}\n"
         f"Datasets are read from $FASTREID_DATASETS (now '{root}', resolved to "
         f"'{os.path.abspath(root)}'); download the dataset there or point the variable at it."
     )
+
+
+def _msmt17_checked(init):
+    """FastReID's MSMT17 asserts ``'Dataset folder not found'`` (no path) when neither release
+    folder is there, and opens its list files unchecked: name what is missing instead."""
+    from fastreid.data.datasets.msmt17 import TEST_DIR_KEY, TRAIN_DIR_KEY, VERSION_DICT
+
+    lists = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
+
+    @functools.wraps(init)
+    def checked(self, root="datasets", **kwargs):
+        found = [v for v in VERSION_DICT if os.path.exists(os.path.join(root, v))]
+        version = found[0] if found else next(iter(VERSION_DICT))
+        dirs = VERSION_DICT[version]
+        required = [
+            os.path.join(root, version, name)
+            for name in (dirs[TRAIN_DIR_KEY], dirs[TEST_DIR_KEY], *lists)
+        ]
+        missing = [path for path in required if not os.path.exists(path)]
+        if missing:
+            others = [
+                f"{v} with {d[TRAIN_DIR_KEY]}/ and {d[TEST_DIR_KEY]}/"
+                for v, d in VERSION_DICT.items()
+                if v != version
+            ]
+            layout = "Expected this layout" + (f" (or {', '.join(others)})" if others else "")
+            raise _not_found("MSMT17", os.path.join(root, version) if not found else missing[0],
+                             layout, required)  # fmt: skip
+        init(self, root=root, **kwargs)
+
+    checked._kdreid_checked = True
+    return checked
 
 
 FILE_NAMES = {
@@ -123,6 +158,9 @@ def install():
     """Apply the wrappers (idempotent)."""
     common.read_image = read_image
     Dataset.check_before_run = check_before_run
+    msmt17 = DATASET_REGISTRY.get("MSMT17")
+    if not getattr(msmt17.__init__, "_kdreid_checked", False):
+        msmt17.__init__ = _msmt17_checked(msmt17.__init__)
     for name in PREFERRED_SUBFOLDER:
         cls = DATASET_REGISTRY.get(name)
         if not getattr(cls.__init__, "_kdreid_checked", False):

@@ -1,9 +1,15 @@
 """Config values that FastReID accepts and then fails on late, obscurely, or never (a sampler that
 loops forever): checked once, before anything is built, with an error naming the key."""
 
+import numbers
+
+import torch
 from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.modeling.backbones import BACKBONE_REGISTRY
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 
+from kdreid.config import check_device
 from kdreid.errors import ConfigError
 
 __all__ = [
@@ -34,6 +40,50 @@ def _positive(cfg, key):
     if isinstance(node, bool) or not isinstance(node, int) or node < 1:
         raise ConfigError(f"{key} must be a positive integer, got {node!r}.")
     return node
+
+
+def _value(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _at_least(cfg, key, low):
+    """An integer ``>= low``."""
+    value = _value(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key} must be an integer of at least {low}, got {value!r}.")
+    return value
+
+
+def _number(cfg, key, low, high=None, low_open=False):
+    """A real number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    value = _value(cfg, key)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        where = f"{'above' if low_open else 'at least'} {low}" + (
+            f" and at most {high}" if high is not None else ""
+        )
+        raise ConfigError(f"{key} must be a number {where}, got {value!r}.")
+    return value
+
+
+def _registered(registry, key, value, what):
+    known = sorted(registry._obj_map)
+    if value not in known:
+        raise ConfigError(
+            f"{key} '{value}' is not a registered {what}; registered: {', '.join(known)}."
+        )
+
+
+LR_SCHEDULERS = ("MultiStepLR", "CosineAnnealingLR")
+"""``SOLVER.SCHED`` values FastReID's ``build_lr_scheduler`` builds."""
+
+FASTREID_LOSSES = ("CrossEntropyLoss", "TripletLoss", "CircleLoss", "Cosface")
+"""``MODEL.LOSSES.NAME`` entries FastReID's ``Baseline.losses`` knows; it ignores any other name,
+and with none known, trains on a loss of ``0`` (which fails at the first ``backward``)."""
 
 
 def _image_size(cfg, key):
@@ -101,6 +151,19 @@ def check_config(cfg, training=True):
     """
     _positive(cfg, "TEST.IMS_PER_BATCH")
     _image_size(cfg, "INPUT.SIZE_TEST")
+    _at_least(cfg, "DATALOADER.NUM_WORKERS", 0)
+    if str(cfg.MODEL.DEVICE) != "auto":
+        check_device(str(cfg.MODEL.DEVICE))
+    _registered(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, "model")
+    _registered(BACKBONE_REGISTRY, "MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, "backbone")
+    if cfg.TEST.RERANK.ENABLED:
+        _at_least(cfg, "TEST.RERANK.K1", 1)
+        _at_least(cfg, "TEST.RERANK.K2", 1)
+        _number(cfg, "TEST.RERANK.LAMBDA", 0.0, 1.0)
+    if cfg.TEST.AQE.ENABLED:
+        _at_least(cfg, "TEST.AQE.QE_TIME", 1)
+        _at_least(cfg, "TEST.AQE.QE_K", 1)
+        _number(cfg, "TEST.AQE.ALPHA", 0.0)
     check_registered(list(cfg.DATASETS.TESTS), "DATASETS.TESTS")
     if cfg.TEST.METRIC not in TEST_METRICS:
         hint = (
@@ -116,6 +179,31 @@ def check_config(cfg, training=True):
     _image_size(cfg, "INPUT.SIZE_TRAIN")
     batch = _positive(cfg, "SOLVER.IMS_PER_BATCH")
     _positive(cfg, "SOLVER.MAX_EPOCH")
+    _positive(cfg, "SOLVER.CHECKPOINT_PERIOD")
+    _at_least(cfg, "TEST.EVAL_PERIOD", 0)
+    _at_least(cfg, "SOLVER.WARMUP_ITERS", 0)
+    _number(cfg, "SOLVER.BASE_LR", 0.0, low_open=True)
+    for key in ("SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_NORM", "SOLVER.MOMENTUM"):
+        _number(cfg, key, 0.0)
+    if cfg.SOLVER.OPT != "SGD" and not isinstance(getattr(torch.optim, cfg.SOLVER.OPT, None), type):
+        raise ConfigError(
+            f"SOLVER.OPT '{cfg.SOLVER.OPT}' is not an optimizer of torch.optim (e.g. SGD, Adam, "
+            "AdamW)."
+        )
+    if cfg.SOLVER.SCHED not in LR_SCHEDULERS:
+        raise ConfigError(
+            f"SOLVER.SCHED '{cfg.SOLVER.SCHED}' is not one of FastReID's schedulers: "
+            f"{', '.join(LR_SCHEDULERS)}."
+        )
+    if cfg.MODEL.META_ARCHITECTURE == "Baseline":
+        unknown = [name for name in cfg.MODEL.LOSSES.NAME if name not in FASTREID_LOSSES]
+        if unknown or not cfg.MODEL.LOSSES.NAME:
+            raise ConfigError(
+                f"MODEL.LOSSES.NAME {tuple(cfg.MODEL.LOSSES.NAME)!r} names "
+                + (f"{', '.join(map(repr, unknown))}, which FastReID's Baseline does not know"
+                   if unknown else "no loss")
+                + f"; use some of {', '.join(FASTREID_LOSSES)}."
+            )  # fmt: skip
     check_registered(list(cfg.DATASETS.NAMES), "DATASETS.NAMES")
     sampler = cfg.DATALOADER.SAMPLER_TRAIN
     if sampler not in TRAINING_SAMPLERS:

@@ -145,3 +145,25 @@ def test_truncated_image_through_train_net(broken_tiny, tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: Cannot read image") and victim.name in last
+
+
+def test_msmt17_missing_names_the_folder_and_layout(tmp_path):
+    """FastReID's MSMT17 asserted 'Dataset folder not found' without a path, and opened its list
+    files unchecked."""
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    msmt17 = DATASET_REGISTRY.get("MSMT17")
+    with pytest.raises(DatasetNotFoundError) as info:
+        msmt17(root=str(tmp_path))
+    message = str(info.value)
+    assert f"'{tmp_path / 'MSMT17_V1'}' is not found" in message
+    assert f"\n  {tmp_path / 'MSMT17_V1' / 'list_gallery.txt'}\n" in message
+    assert "or MSMT17_V2 with mask_train_v2/ and mask_test_v2/" in message
+    v2 = tmp_path / "MSMT17_V2"
+    for name in ("mask_train_v2", "mask_test_v2"):
+        (v2 / name).mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError, match=f"'{v2 / 'list_train.txt'}' is not found"):
+        msmt17(root=str(tmp_path))
+    for name in ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt"):
+        (v2 / name).write_text("0001/0001_011_01_0303morning_0015_0.jpg 1\n")
+    assert len(msmt17(root=str(tmp_path)).query) == 1  # complete: FastReID reads it as before

@@ -49,6 +49,22 @@ def test_the_shipped_tiny_config_passes():
         (["INPUT.SIZE_TRAIN", "[64]"], r"INPUT.SIZE_TRAIN must be \[height, width\]"),
         (["INPUT.SIZE_TEST", "[64, 32, 3]"], r"INPUT.SIZE_TEST must be \[height, width\]"),
         (["INPUT.SIZE_TEST", "[64.0, 32]"], r"INPUT.SIZE_TEST must be \[height, width\]"),
+        # each of these failed mid-run (first evaluation, first checkpoint, first step) before
+        (["TEST.RERANK.ENABLED", "True", "TEST.RERANK.K1", "0"], "RERANK.K1 must be an integer of"),
+        (["TEST.RERANK.ENABLED", "True", "TEST.RERANK.LAMBDA", "2.0"], "at most 1.0, got 2.0"),
+        (["TEST.AQE.ENABLED", "True", "TEST.AQE.QE_K", "0"], "TEST.AQE.QE_K must be an integer"),
+        (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD must be a positive integer"),
+        (["DATALOADER.NUM_WORKERS", "-1"], "NUM_WORKERS must be an integer of at least 0, got -1"),
+        (["SOLVER.BASE_LR", "-1.0"], "SOLVER.BASE_LR must be a number above 0.0, got -1.0"),
+        (["SOLVER.WEIGHT_DECAY", "-1.0"], "SOLVER.WEIGHT_DECAY must be a number at least 0.0"),
+        (["TEST.EVAL_PERIOD", "-1"], "TEST.EVAL_PERIOD must be an integer of at least 0"),
+        (["MODEL.LOSSES.NAME", "('Foo',)"], "names 'Foo', which FastReID's Baseline does not"),
+        (["MODEL.LOSSES.NAME", "()"], r"MODEL.LOSSES.NAME \(\) names no loss"),
+        (["MODEL.META_ARCHITECTURE", "Foo"], "META_ARCHITECTURE 'Foo' is not a registered model"),
+        (["MODEL.BACKBONE.NAME", "build_foo"], "'build_foo' is not a registered backbone"),
+        (["SOLVER.OPT", "Foo"], "SOLVER.OPT 'Foo' is not an optimizer of torch.optim"),
+        (["MODEL.DEVICE", "gpu"], "MODEL.DEVICE 'gpu' is not a device; use 'auto', 'cpu'"),
+        (["SOLVER.SCHED", "Foo"], "SCHED 'Foo' is not one of FastReID's schedulers: MultiStepLR"),
     ],
 )
 def test_values_that_cannot_work_are_refused(opts, message):
@@ -87,11 +103,15 @@ def args(tmp_path, *opts, eval_only=False):
     )  # fmt: skip
 
 
-def test_setup_checks_before_it_writes_anything(tmp_path):
+@pytest.mark.parametrize(
+    "opts, message",
+    [(["DATALOADER.NUM_INSTANCE", "7"], "NUM_INSTANCE 7"), (["MODEL.DEVICE", "gpu"], "'gpu'")],
+)
+def test_setup_checks_before_it_writes_anything(tmp_path, opts, message):
     out = tmp_path / "run"
-    with pytest.raises(ConfigError, match="NUM_INSTANCE 7"):
-        setup(args(out, "DATALOADER.NUM_INSTANCE", "7"))
-    assert not out.exists()
+    with pytest.raises(ConfigError, match=message):
+        setup(args(out, *opts))
+    assert not out.exists()  # nor a config.yaml over the one of the run already there
 
 
 @pytest.mark.parametrize("make", ["file", "unwritable"])
