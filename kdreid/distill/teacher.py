@@ -10,6 +10,7 @@ optimizer. ``_apply`` (what ``.to()`` and friends call) is forwarded to it expli
 """
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -175,7 +176,7 @@ class FrozenTeacher(nn.Module):
         cfg = get_cfg()
         merge_from_file(cfg, config_file)
         merge_from_list(cfg, list(opts))
-        state = read_state_dict(weights, option=f"the weights of teacher '{config_file}'")
+        state = read_state_dict(weights, option=f"teacher checkpoint (config '{config_file}')")
         classifier = state.get("heads.weight")
         if cfg.MODEL.HEADS.NUM_CLASSES == 0 and classifier is not None:
             cfg.MODEL.HEADS.NUM_CLASSES = int(classifier.shape[0])
@@ -219,4 +220,10 @@ def build_teachers(config_files, weights, device="cpu"):
             f"{len(config_files)} teacher config(s); give one config per checkpoint."
         )
     weights += [""] * (len(config_files) - len(weights))  # a teacher without weights: an error
+    for config_file in config_files:
+        if not os.path.isfile(config_file):
+            raise ConfigError(
+                f"KD.MODEL_CONFIG names '{config_file}', which is not a file (relative paths are "
+                f"read from the current folder, '{os.getcwd()}')."
+            )
     return [FrozenTeacher.from_config(c, w, device=device) for c, w in zip(config_files, weights)]

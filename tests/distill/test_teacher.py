@@ -90,8 +90,13 @@ def test_teacher_config_without_weights(tiny_teacher):
         build_teachers([config], [])
     with pytest.raises(ConfigError, match="2 checkpoint"):
         build_teachers([config], [weights, weights])
-    with pytest.raises(WeightsError, match="does not exist"):
+    with pytest.raises(ConfigError, match="KD.MODEL_CONFIG names 'nope.yml', which is not a file"):
+        build_teachers(["nope.yml"], [weights])
+    with pytest.raises(WeightsError) as info:
         FrozenTeacher.from_config(config, "/nonexistent/model.pth")
+    assert str(info.value).startswith(
+        f"teacher checkpoint (config '{config}') '/nonexistent/model.pth' does not exist"
+    )
 
 
 def test_several_teachers(tiny_teacher):
