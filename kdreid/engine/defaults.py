@@ -17,7 +17,8 @@ import sys
 
 import numpy as np
 import torch
-from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.engine import default_argument_parser as fastreid_argument_parser
+from fastreid.engine import default_setup, launch
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
@@ -73,6 +74,24 @@ def seed(cfg, epoch=0):
         logger.info("Resuming at epoch %d: seeded the random generators with %d", epoch, value)
     else:
         logger.info("Seeded the random generators with %d", value)
+
+
+def default_argument_parser():
+    """FastReID's parser, same flags, with a description and where ``KEY VALUE`` options go."""
+    parser = fastreid_argument_parser()
+    parser.description = (
+        "Train the model a FastReID config describes (kdreid: on CPU or GPU, with this "
+        "project's models), or evaluate a checkpoint with --eval-only."
+    )
+    parser.epilog = (
+        "KEY VALUE config options come last, after every flag, e.g. --config-file F.yml "
+        "--eval-only MODEL.WEIGHTS model.pth OUTPUT_DIR logs/x. OUTPUT_DIR defaults to "
+        "logs/<config path under configs/>."
+    )
+    for action in parser._actions:
+        if action.dest == "opts":
+            action.help = "config options as KEY VALUE pairs (e.g. SOLVER.MAX_EPOCH 10), last"
+    return parser
 
 
 def _drop_generated_seed(record):

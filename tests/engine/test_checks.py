@@ -149,3 +149,15 @@ def test_the_log_names_the_seed_the_run_uses(tmp_path, value):
     log = (tmp_path / "log.txt").read_text()
     assert ("Using a generated random seed" in log) == (value < 0)
     assert ("Seeded the random generators with 0" in log) == (value == 0)
+
+
+def test_the_parser_has_fastreid_flags_and_says_where_options_go():
+    from kdreid.engine import default_argument_parser
+
+    parser = default_argument_parser()
+    args = parser.parse_args(["--config-file", "a.yml", "--eval-only", "MODEL.WEIGHTS", "w.pth"])
+    assert (
+        args.config_file == "a.yml" and args.eval_only and args.opts == ["MODEL.WEIGHTS", "w.pth"]
+    )
+    text = parser.format_help()
+    assert "fastreid Training" not in text and "KEY VALUE config options come last" in text
