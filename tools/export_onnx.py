@@ -13,10 +13,14 @@ batch: largest absolute difference at most ``tolerance`` times the largest featu
 The figures and the batch-1 CPU latency of both runtimes are printed.
 
 Exporter: torch's ``torch.export``-based exporter (``dynamo=True``, torch's default since 2.9;
-the TorchScript one is deprecated), which needs ``onnxscript``.
+the TorchScript one is deprecated), which needs ``onnxscript``. It implements opset 18 and later
+only: asked for an earlier one it writes opset 18 anyway (onnx's down-conversion fails on these
+graphs), so ``--opset`` is limited to 18 up to the newest opset the installed onnxruntime loads.
+The opset printed is the one read back from the written file.
 """
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -25,6 +29,7 @@ import sys
 import time
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -45,15 +50,79 @@ for _project in ("speed_kd", "mdpr", "factorized_kd"):
 
 from fastreid.modeling import build_model  # noqa: E402  (after kdreid has repaired fastreid)
 
-__all__ = ["ExportMismatchError", "ImagesToFeatures", "build_cfg", "build_deployable", "export"]
+__all__ = [
+    "ExportMismatchError",
+    "ImagesToFeatures",
+    "build_cfg",
+    "build_deployable",
+    "export",
+    "max_opset",
+    "written_opset",
+]
 
 DEFAULT_OPSET = 18
+# The torch.export-based exporter's operators are written for opset 18 (torch's TORCHLIB_OPSET);
+# an earlier opset would need onnx's version converter, which fails on these graphs.
+MIN_OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "images", "features"
 
 
 class ExportMismatchError(RuntimeError):
-    """onnxruntime's output differs from PyTorch's beyond the tolerance."""
+    """onnxruntime's output differs from PyTorch's beyond the tolerance, or the written file is
+    not of the opset asked for."""
+
+
+@functools.cache
+def max_opset() -> int:
+    """The newest default-domain opset both onnx knows and onnxruntime (CPU) loads.
+
+    Probed with a one-node model per opset, from ``onnx.defs.onnx_opset_version()`` down: a new
+    onnx may define opsets the installed onnxruntime refuses as "under development".
+    """
+    for version in range(onnx.defs.onnx_opset_version(), MIN_OPSET, -1):
+        opsets = [onnx.helper.make_opsetid("", version)]
+        try:
+            graph = onnx.helper.make_graph(
+                [onnx.helper.make_node("Identity", ["x"], ["y"])],
+                "probe",
+                [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+            )
+            model = onnx.helper.make_model(
+                graph,
+                opset_imports=opsets,
+                ir_version=onnx.helper.find_min_ir_version_for(opsets),
+            )
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception:  # unknown to onnx's IR table, or refused by onnxruntime
+            continue
+        return version
+    return MIN_OPSET
+
+
+def opset_range_error(opset: int) -> str | None:
+    """Why ``opset`` cannot be exported, or None when it can."""
+    if MIN_OPSET <= opset <= max_opset():
+        return None
+    return (
+        f"--opset must be between {MIN_OPSET} and {max_opset()}, got {opset}: torch's ONNX "
+        f"exporter (torch.export-based) writes opset {MIN_OPSET} and later, and onnxruntime "
+        f"{ort.__version__} runs up to opset {max_opset()}."
+    )
+
+
+def written_opset(path: str) -> int:
+    """The default-domain (``ai.onnx``) opset recorded in the ONNX file at ``path``."""
+    model = onnx.load(path, load_external_data=False)
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ExportMismatchError(f"'{path}' imports no ai.onnx opset")
+    return versions[0]
 
 
 class ImagesToFeatures(nn.Module):
@@ -226,12 +295,20 @@ def export(
 
     Raises:
         WeightsError: missing or unfitting weights.
-        ConfigError: a batch size below 1, or ``output`` is a folder.
+        ConfigError: a batch size below 1, an opset outside ``MIN_OPSET``–:func:`max_opset`,
+            a negative tolerance or number of latency runs, or ``output`` is a folder.
         OutputDirError: the folder of ``output`` cannot be created or written.
-        ExportMismatchError: onnxruntime does not reproduce PyTorch's output.
+        ExportMismatchError: onnxruntime does not reproduce PyTorch's output, or the file
+            written is not of opset ``opset``.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
+    if opset_range_error(opset):
+        raise ConfigError(opset_range_error(opset))
+    if not tolerance >= 0:
+        raise ConfigError(f"--tolerance must be 0 or more, got {tolerance}.")
+    if latency_runs < 0:
+        raise ConfigError(f"--latency-runs must be 0 or more, got {latency_runs}.")
     if os.path.isdir(output):
         raise ConfigError(f"--output '{output}' is a folder; name the ONNX file to write.")
     folder = os.path.dirname(os.path.abspath(output))
@@ -241,6 +318,11 @@ def export(
     tmp = os.path.join(folder, f".{os.path.basename(output)}.{os.getpid()}.tmp")
     try:
         write_onnx(model, tmp, size, opset)
+        opset_written = written_opset(tmp)
+        if opset_written != opset:
+            raise ExportMismatchError(
+                f"torch.onnx.export wrote opset {opset_written}, not the opset {opset} asked for"
+            )
         session = ort_session(tmp)
         images = random_images(batch_size, size, seed=1)
         result = compare(session, model, images, tolerance)
@@ -252,7 +334,7 @@ def export(
         output=output,
         input_shape=list(images.shape),
         feature_dim=int(session.get_outputs()[0].shape[-1]),
-        opset=opset,
+        opset=opset_written,  # as read from the file
     )
     if latency_runs > 0:
         single = random_images(1, size, seed=2)
@@ -273,14 +355,27 @@ def parse_args(argv=None):
         "--output", required=True, default=argparse.SUPPRESS, help="the ONNX file to write"
     )
     parser.add_argument("--batch-size", type=int, default=4, help="images in the check batch")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET,
+        help=f"ONNX opset, {MIN_OPSET} up to the newest the installed onnxruntime runs",
+    )  # fmt: skip
     parser.add_argument(
         "--tolerance", type=float, default=DEFAULT_TOLERANCE,
-        help="largest difference from PyTorch's features, relative to their largest magnitude",
+        help="largest difference from PyTorch's features, relative to their largest magnitude "
+        "(0 or more)",
     )  # fmt: skip
-    parser.add_argument("--latency-runs", type=int, default=20, help="timed batch-1 runs")
+    parser.add_argument(
+        "--latency-runs", type=int, default=20, help="timed batch-1 runs (0: no timing)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if opset_range_error(args.opset):
+        parser.error(opset_range_error(args.opset))
+    if not (args.tolerance >= 0 and np.isfinite(args.tolerance)):
+        parser.error(f"--tolerance must be a finite number of 0 or more, got {args.tolerance:g}")
+    if args.latency_runs < 0:
+        parser.error(f"--latency-runs must be 0 or more, got {args.latency_runs}")
+    return args
 
 
 def run(args) -> dict:
@@ -315,7 +410,7 @@ def main(argv=None) -> None:
     try:
         report_user_errors(run, args)
     except ExportMismatchError as exc:
-        print(f"error: the ONNX export does not match PyTorch, not written: {exc}", file=sys.stderr)
+        print(f"error: the ONNX export failed its check, not written: {exc}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -117,7 +117,8 @@ class KDReIDDistiller(nn.Module):
                         f"Teacher '{teacher.name}' was trained on {teacher.num_classes} identities "
                         f"but the student's training set has {num_classes}: logit distillation "
                         "needs the same label space. Train the teacher on the student's dataset, "
-                        "or distil features only (logit loss 'none')."
+                        "or distil features only: KDREID.DISTILL.LOGIT_LOSS none "
+                        "KDREID.DISTILL.FEATURE_LOSS l2 KDREID.DISTILL.FEATURE_WEIGHT 1."
                     )
         self.distill = nn.ModuleDict()
         if feature_loss != "none" and feature_weight > 0:

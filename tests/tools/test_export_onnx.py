@@ -129,7 +129,7 @@ def test_failed_check_exits_1_and_writes_nothing(resnet_export, tmp_path, monkey
     with pytest.raises(SystemExit) as info:
         tool.main(argv)
     assert info.value.code == 1
-    assert "does not match PyTorch, not written" in capsys.readouterr().err
+    assert "failed its check, not written" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["other.pth"]
 
 
@@ -162,3 +162,61 @@ def test_output_that_cannot_be_written_is_refused_before_building(tmp_path, wher
     else:
         with pytest.raises(OutputDirError, match="Cannot write the output folder '/proc/x'"):
             tool.export(cfg, "/proc/x/model.onnx", latency_runs=0)
+
+
+def test_printed_opset_is_read_from_the_written_file(resnet_export):
+    _, output, result = resnet_export
+    assert result["opset"] == tool.written_opset(output) == tool.DEFAULT_OPSET
+
+
+def test_a_file_of_another_opset_is_refused(resnet_export, tmp_path, monkeypatch):
+    """The exporter falls back to opset 18 when it cannot write the opset asked for: a file of
+    another opset than requested is not kept, rather than reported as the requested one."""
+    _, exported, _ = resnet_export
+    monkeypatch.setattr(tool, "write_onnx", lambda model, path, *args: shutil.copy(exported, path))
+    cfg = tool.build_cfg(TINY, ["MODEL.WEIGHTS", save_checkpoint(tmp_path / "w.pth")])
+    with pytest.raises(tool.ExportMismatchError, match="wrote opset 18, not the opset 20"):
+        tool.export(cfg, str(tmp_path / "model.onnx"), opset=20, latency_runs=0)
+    assert os.listdir(tmp_path) == ["w.pth"]
+
+
+def test_opset_range():
+    """torch's exporter writes opset 18 and up; onnxruntime 1.31 runs up to 26."""
+    assert tool.MIN_OPSET == 18 and tool.max_opset() >= 21
+    assert tool.opset_range_error(tool.DEFAULT_OPSET) is None
+    assert tool.opset_range_error(tool.max_opset()) is None
+    assert "between 18 and" in tool.opset_range_error(13)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--opset", "13"], "--opset must be between 18 and"),
+        (["--opset", "3"], "--opset must be between 18 and"),
+        (["--opset", "99"], "--opset must be between 18 and"),
+        (["--latency-runs", "-3"], "--latency-runs must be 0 or more, got -3"),
+        (["--tolerance", "-1"], "--tolerance must be a finite number of 0 or more, got -1"),
+        (["--tolerance", "nan"], "--tolerance must be a finite number of 0 or more, got nan"),
+    ],
+)
+def test_bad_flags_are_refused_at_parsing(flags, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        tool.parse_args(["--config-file", TINY, "--output", "model.onnx", *flags])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ": error: " in last and message in last
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"opset": 13}, "--opset must be between 18 and"),
+        ({"tolerance": -1.0}, "--tolerance must be 0 or more"),
+        ({"latency_runs": -3}, "--latency-runs must be 0 or more"),
+    ],
+)
+def test_bad_arguments_to_export_are_config_errors(kwargs, message, tmp_path):
+    cfg = tool.build_cfg(TINY, ["MODEL.WEIGHTS", "unused.pth"])
+    with pytest.raises(ConfigError, match=message):
+        tool.export(cfg, str(tmp_path / "model.onnx"), **kwargs)
+    assert os.listdir(tmp_path) == []

@@ -7,6 +7,7 @@ accuracy and the median of their speed figures.
 """
 
 import glob
+import json
 import math
 import os
 import statistics
@@ -191,8 +192,52 @@ def plot_tradeoff(rows, path, title="Speed/accuracy trade-off"):
     plt.close(fig)
 
 
+def _read_record(path):
+    """The record in the JSON file ``path``, checked for what the table needs.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` cannot be read, is not UTF-8 JSON holding one object, or lacks a
+            string ``name`` or a ``metrics`` object; the message names the file.
+    """
+    try:
+        (record,) = read_records([path])
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); expected a "
+            "speed_accuracy.json record"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"'{path}' is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "expected a speed_accuracy.json record"
+        ) from exc
+    except OSError as exc:
+        raise ValueError(f"Cannot read '{path}': {exc.strerror or exc}") from exc
+    except ValueError as exc:  # read_records: not one JSON object; its message names the file
+        raise ValueError(f"{exc}; expected a speed_accuracy.json record") from exc
+    if not isinstance(record.get("name"), str) or not record["name"]:
+        raise ValueError(
+            f"'{path}' has no 'name' (a non-empty string naming the model's row); expected a "
+            "speed_accuracy.json record as written by train_net.py --eval-only or lomo_xqda.py"
+        )
+    if not isinstance(record.get("metrics"), dict):
+        raise ValueError(
+            f"'{path}' has no 'metrics' object (with 'mAP' and 'Rank-1'); expected a "
+            "speed_accuracy.json record as written by train_net.py --eval-only or lomo_xqda.py"
+        )
+    return record
+
+
 def find_records(paths):
-    """Every ``speed_accuracy.json`` named or under the folders named, sorted within a folder."""
+    """Every ``speed_accuracy.json`` named or under the folders named, sorted within a folder.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or a folder holds no record.
+        ValueError: a file is not a readable record (see :func:`_read_record`).
+    """
     files = []
     for path in paths:
         if os.path.isdir(path):
@@ -202,9 +247,11 @@ def find_records(paths):
             if not found:
                 raise FileNotFoundError(f"No speed_accuracy.json under '{path}'.")
             files += found
-        else:
+        elif os.path.exists(path):
             files.append(path)
-    return read_records(files)
+        else:
+            raise FileNotFoundError(f"No speed/accuracy record at '{path}'")
+    return [_read_record(f) for f in files]
 
 
 def write_tradeoff(records, output_dir, reference=None, title="Speed/accuracy trade-off"):

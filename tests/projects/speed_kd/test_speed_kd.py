@@ -132,9 +132,74 @@ def test_teacher_of_another_label_space_is_one_line(tiny_teacher, datasets_root,
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: Teacher") and "same label space" in last
+    assert "MODEL.SPEEDKD.LAMBDA 0 MODEL.SPEEDKD.HINT_WEIGHT 1" in last
 
 
 def test_teacher_without_weights_is_one_line(datasets_root, tmp_path):
     proc = _run("--config-file", TINY_KD, "OUTPUT_DIR", str(tmp_path), datasets_root=datasets_root)
     assert proc.returncode == 2
     assert "has no weights" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def teacher_of_150_ids(tmp_path_factory):
+    """A ResNet-18 checkpoint (untrained) with a classifier over 150 identities: ``(config,
+    checkpoint)``."""
+    config = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
+    cfg = get_cfg()
+    merge_from_file(cfg, config)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg.MODEL.HEADS.NUM_CLASSES = 150
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher150") / "model_final.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    return config, str(path)
+
+
+def _cfg_16_ids(teacher, *opts):
+    """tiny_kd.yml with a student of 16 identities, the teacher given and ``KEY VALUE`` options."""
+    cfg = get_cfg()
+    merge_from_file(cfg, TINY_KD)
+    cfg.MODEL.HEADS.NUM_CLASSES = 16
+    cfg.KD.MODEL_CONFIG = [teacher[0]]
+    cfg.KD.MODEL_WEIGHTS = [teacher[1]]
+    cfg.merge_from_list(list(opts))
+    resolve_device(cfg)
+    return cfg
+
+
+def _train_step(model):
+    model.train()
+    with EventStorage():
+        return model({"images": torch.rand(8, 3, 64, 32) * 255, "targets": torch.arange(8) % 4})
+
+
+def test_teacher_of_another_label_space_names_the_keys_that_work(teacher_of_150_ids):
+    """The advice names SpeedKD's keys, and each configuration it names does train."""
+    with pytest.raises(ConfigError) as info:
+        build_model(_cfg_16_ids(teacher_of_150_ids))
+    message = str(info.value)
+    assert "trained on 150 identities but the student's training set has 16" in message
+    assert "MODEL.SPEEDKD.LAMBDA 0 MODEL.SPEEDKD.HINT_WEIGHT 1" in message
+    generic = (
+        "MODEL.META_ARCHITECTURE KDReIDDistiller KDREID.DISTILL.LOGIT_LOSS none "
+        "KDREID.DISTILL.FEATURE_LOSS l2 KDREID.DISTILL.FEATURE_WEIGHT 1"
+    )
+    assert generic in message
+    for advice in ("MODEL.SPEEDKD.LAMBDA 0 MODEL.SPEEDKD.HINT_WEIGHT 1", generic):
+        losses = _train_step(build_model(_cfg_16_ids(teacher_of_150_ids, *advice.split())))
+        assert "loss_kd_logits" not in losses and losses["loss_kd_feature"] > 0
+
+
+@pytest.mark.parametrize(
+    "key, value", [("LOGIT_LOSS", "none"), ("LOGIT_WEIGHT", 0.0), ("FEATURE_LOSS", "l2")]
+)
+def test_generic_distiller_keys_are_refused_not_ignored(teacher_of_150_ids, key, value):
+    """SpeedKDDistiller sets its loss from MODEL.SPEEDKD: KDREID.DISTILL.LOGIT_LOSS none used to
+    be ignored (and the label-space error came back unchanged)."""
+    cfg = _cfg_16_ids(teacher_of_150_ids, f"KDREID.DISTILL.{key}", str(value))
+    with pytest.raises(ConfigError, match=f"does not read KDREID.DISTILL.{key}") as info:
+        build_model(cfg)
+    assert "MODEL.SPEEDKD.LAMBDA 0" in str(info.value)
+    assert "MODEL.META_ARCHITECTURE KDReIDDistiller" in str(info.value)

@@ -1,5 +1,6 @@
 """The trade-off report: aggregation over seeds, the table, the plot, the command line."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -88,3 +89,52 @@ def test_records_of_different_models_under_one_name_are_refused():
 def test_unknown_reference_is_refused():
     with pytest.raises(ValueError, match=r"No model named 'teachr'.*'teacher'"):
         markdown_table(summarise(RECORDS), reference="teachr")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        (b'{"name": "x", ', "is not valid JSON"),
+        (b"[1, 2]", "holds a JSON list, not a record object"),
+        (b'{"metrics": {"mAP": 1.0}}', "has no 'name'"),
+        (b'{"name": "x"}', "has no 'metrics' object"),
+        (b'{"name": "x", "metrics": [1]}', "has no 'metrics' object"),
+    ],
+)
+def test_a_bad_record_is_one_line_naming_the_file(tmp_path, capsys, content, message):
+    """Unreadable or incomplete records: status 2, one ``error:`` line naming the file, no
+    traceback (missing keys were a KeyError, bad JSON an error without the file's name)."""
+    for i, record in enumerate(RECORDS[:2]):
+        write_record(tmp_path / "runs" / f"run{i}" / "speed_accuracy.json", record)
+    bad = tmp_path / "runs" / "bad" / "speed_accuracy.json"
+    bad.parent.mkdir()
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        find_records([tmp_path / "runs"])
+    for arg in (tmp_path / "runs", bad):
+        with pytest.raises(SystemExit) as info:
+            _cli().main([str(arg), "--output-dir", str(tmp_path / "out")])
+        assert info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert f"'{bad}'" in lines[0] and message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _cli():
+    """projects/SpeedKD/tradeoff.py as a module (its main in-process: no interpreter start-up)."""
+    script = os.path.join(REPO, "projects", "SpeedKD", "tradeoff.py")
+    spec = importlib.util.spec_from_file_location("speedkd_tradeoff_cli", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_output_dir_has_help_with_its_default(capsys):
+    with pytest.raises(SystemExit) as info:
+        _cli().main(["--help"])
+    assert info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--output-dir OUTPUT_DIR folder to write tradeoff.md and tradeoff.png" in help_text
+    assert "(default: the current folder)" in help_text
