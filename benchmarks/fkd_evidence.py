@@ -52,8 +52,16 @@ import sys
 from typing import NamedTuple
 
 from factorized_kd.views import PARTIAL_VIEWS, view_fractions
+from kdreid.errors import StaleRunError
 from kdreid.evidence import comparison_tables, fmt, parse_args
-from kdreid.runs import REPO, main_of_runs, run_logged, train_and_record, training_images
+from kdreid.runs import (
+    REPO,
+    check_output_dir,
+    main_of_runs,
+    run_logged,
+    train_and_record,
+    training_images,
+)
 
 PROJECT = os.path.join(REPO, "projects", "FactorizedKD")
 TRAIN_NET = os.path.join(PROJECT, "train_net.py")
@@ -117,8 +125,8 @@ def train_teachers(out, opts, teacher_only=()):
         dict[str, kdreid.runs.Run]: each view's run.
 
     Raises:
-        SystemExit: ``out/teachers`` holds teachers trained with other options (its
-            ``options.json``), which would otherwise be reused silently.
+        kdreid.errors.StaleRunError: ``out/teachers`` holds teachers trained with other options
+            (its ``options.json``), which would otherwise be reused silently.
     """
     opts = [*opts, *teacher_only]
     record = os.path.join(out, "teachers", "options.json")
@@ -126,8 +134,8 @@ def train_teachers(out, opts, teacher_only=()):
         with open(record) as f:
             before = json.load(f)
         if before != opts:
-            sys.exit(
-                f"error: the teachers in {os.path.dirname(record)} were trained with options "
+            raise StaleRunError(
+                f"the teachers in {os.path.dirname(record)} were trained with options "
                 f"{before}, not {opts}: give another --output-dir (or --evidence-dir)."
             )
     else:
@@ -343,6 +351,7 @@ def main(argv=None):
         add_arguments=add_teacher_opts,
     )
     out = args.output_dir
+    check_output_dir(out)  # before the first teacher trains, not when the first file is written
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 
     teachers = train_teachers(out, args.opts, args.teacher_opts)

@@ -31,7 +31,7 @@ import os
 from typing import NamedTuple
 
 from kdreid.evidence import comparison_tables, fmt, parse_args
-from kdreid.runs import REPO, main_of_runs, train_and_record
+from kdreid.runs import REPO, check_output_dir, main_of_runs, train_and_record
 
 TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
 CONFIGS = "configs/MDPR/Synthetic"
@@ -105,6 +105,7 @@ def main(argv=None):
         " ".join(__doc__.split("\n\n")[0].split()), VARIANTS, "logs/mdpr_evidence", argv
     )
     out = args.output_dir
+    check_output_dir(out)  # before the first run trains, not when the first file is written
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 
     variants = [v for v in VARIANTS if v in args.variants]  # in the table's order

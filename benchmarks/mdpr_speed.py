@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 import warnings
 
@@ -46,7 +45,9 @@ import mdpr
 import mdpr.modeling
 from kdreid.benchmark import device_name, profile_model
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
+from kdreid.engine.defaults import report_user_errors
 from kdreid.errors import UserInputError
+from kdreid.runs import check_output_dir
 from mdpr.layers import SyncFreeCircleSoftmax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,10 +292,21 @@ def parse_args(argv=None):
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--output-dir", default=os.path.join(REPO, "logs", "mdpr_speed"))
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag in ("--num-classes", "--batch", "--eval-batch", "--steps"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    return args
 
 
 def run(args):
+    """Measure, write ``mdpr_speed.json`` / ``.md`` to ``args.output_dir``, return the result.
+
+    Raises:
+        UserInputError: a bad config or option, a config that builds no MDPR model, an output
+            folder that cannot be written; all found before anything is timed or created.
+    """
     cfg = get_cfg()
     merge_from_file(cfg, args.config_file)
     merge_from_list(cfg, args.opts)
@@ -309,6 +321,7 @@ def run(args):
     model = build_model(cfg).train()
     if not isinstance(model, mdpr.MDPR):
         raise UserInputError(f"{args.config_file} does not build an MDPR model")
+    check_output_dir(args.output_dir)
     batch = _batch(cfg, args.batch, device)
     os.makedirs(args.output_dir, exist_ok=True)
     print(f"MDPR speed on {device_name(device)}: training batch {args.batch}", flush=True)
@@ -352,7 +365,4 @@ def run(args):
 
 
 if __name__ == "__main__":
-    try:
-        run(parse_args())
-    except UserInputError as exc:
-        sys.exit(f"error: {exc}")
+    report_user_errors(run, parse_args())  # bad input: one line, status 2

@@ -28,7 +28,7 @@ import statistics
 import sys
 
 from kdreid.evidence import parse_with_opts
-from kdreid.runs import REPO, main_of_runs, run_logged
+from kdreid.runs import REPO, check_output_dir, main_of_runs, run_logged
 from speed_kd.runs import train_and_record
 from speed_kd.tradeoff import find_records, write_tradeoff
 
@@ -119,6 +119,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     out = args.output_dir
+    check_output_dir(out)  # before the teacher trains, not when the first file is written
     os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))
 
     print("Teacher", flush=True)

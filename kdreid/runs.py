@@ -16,17 +16,20 @@ import re
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import yaml
 
+from kdreid.engine.checkpoint import prepare_output_dir
 from kdreid.engine.defaults import report_user_errors
-from kdreid.errors import StaleRunError
+from kdreid.errors import OutputDirError, StaleRunError
 
 __all__ = [
     "REPO",
     "Run",
     "RunFailedError",
+    "check_output_dir",
     "check_reuse",
     "main_of_runs",
     "run_logged",
@@ -43,6 +46,36 @@ _STEP = re.compile(r"epoch/iter: (\d+)/(\d+)")
 
 class RunFailedError(RuntimeError):
     """A run's process failed: the message names its log and repeats its last lines."""
+
+
+def check_output_dir(path, flag="--output-dir"):
+    """Refuse, before any work starts, an output folder that cannot be created or written.
+
+    The check is :func:`kdreid.engine.checkpoint.prepare_output_dir`'s (create the folder, write a
+    file in it), but it leaves nothing behind: the folders it had to create are removed again, so
+    bad input found later creates no folder. The folder is made when the first file is written.
+
+    Args:
+        path (str): the folder.
+        flag (str): the flag or argument that named it, for the message.
+
+    Raises:
+        OutputDirError: naming ``flag`` and ``path``: a file, or a place that cannot be written.
+    """
+    created, folder = [], os.path.abspath(path)
+    while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+        created.append(folder)  # deepest first, the order to remove them in
+        folder = os.path.dirname(folder)
+    try:
+        prepare_output_dir(path)
+    except OutputDirError as exc:
+        raise OutputDirError(f"{flag}: {exc}") from None
+    finally:
+        for folder in created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not created here after all (another process), or not empty
 
 
 @dataclass
@@ -84,19 +117,25 @@ def run_logged(cmd, log_path, echo=None):
         float: seconds it ran.
 
     Raises:
-        RunFailedError: it failed; the message names the log and repeats its last lines.
+        RunFailedError: it failed; the message names the log and repeats its last lines (from
+            its first ``Traceback`` or ``error:`` line on, where it has one).
+        OutputDirError: the log's folder cannot be created or written.
     """
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        log = open(log_path, "w")
+    except OSError as exc:
+        raise OutputDirError(f"Cannot write the log '{log_path}': {exc.strerror or exc}") from exc
     start = time.perf_counter()
-    tail = []
-    with open(log_path, "w") as log:
+    last = _Tail()
+    with log:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         try:
             for line in proc.stdout:
                 log.write(line)
-                tail = (tail + [line.rstrip()])[-5:]
+                last.add(line.rstrip())
                 if echo is not None and "eta:" in line:
                     echo(line.rstrip())
             proc.wait()
@@ -105,9 +144,42 @@ def run_logged(cmd, log_path, echo=None):
             proc.wait()
             raise
     if proc.returncode:
-        last = "\n    ".join(tail)
-        raise RunFailedError(f"failed (exit {proc.returncode}), see {log_path}:\n    {last}")
+        lines = "\n    ".join(last.lines())
+        raise RunFailedError(f"failed (exit {proc.returncode}), see {log_path}:\n    {lines}")
     return time.perf_counter() - start
+
+
+class _Tail:
+    """The lines of a failed run worth repeating: its last 5, or, where it printed an error (a
+    line starting with ``Traceback`` or ``error:``), the lines from the first such one on (that
+    one and the last 8 where there are more), not whatever it printed before, e.g. the end of a
+    model's dump."""
+
+    MARKERS = ("Traceback", "error:")
+    KEEP = 8
+
+    def __init__(self):
+        self.plain = deque(maxlen=5)
+        self.first = None  # the first error line
+        self.after = deque(maxlen=self.KEEP)  # the last lines after it
+        self.skipped = 0  # lines after it not kept
+
+    def add(self, line):
+        if self.first is None:
+            if line.startswith(self.MARKERS):
+                self.first = line
+            else:
+                self.plain.append(line)
+            return
+        if len(self.after) == self.KEEP:
+            self.skipped += 1
+        self.after.append(line)
+
+    def lines(self):
+        if self.first is None:
+            return list(self.plain)
+        skipped = [f"... ({self.skipped} lines)"] if self.skipped else []
+        return [self.first, *skipped, *self.after]
 
 
 def main_of_runs(fn, *args):
@@ -256,7 +328,7 @@ def _settings(config, seed, opts):
 
 
 def _stamp(output_dir, config, seed, opts):
-    os.makedirs(output_dir, exist_ok=True)
+    prepare_output_dir(output_dir)  # a file, a read-only place: OutputDirError, no traceback
     with open(os.path.join(output_dir, "run.json"), "w") as f:
         json.dump(_settings(config, seed, opts), f, indent=1)
 

@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-from kdreid.errors import StaleRunError
+from kdreid.errors import OutputDirError, StaleRunError
 from kdreid.runs import (
     Run,
     RunFailedError,
+    check_output_dir,
     check_reuse,
     main_of_runs,
     run_logged,
@@ -145,6 +146,58 @@ def test_a_failed_command_names_its_log(tmp_path):
     with pytest.raises(RunFailedError, match=r"exit 3.*fail\.log:\n    boom"):
         run_logged([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], str(log))
     assert log.read_text() == "boom\n"
+
+
+def test_a_failed_run_repeats_its_error_not_what_it_printed_before(tmp_path):
+    """The lines from the first ``error:`` / ``Traceback`` line on, not the end of a model dump."""
+    child = "print('  (head): Linear()'); print(')'); print('error: bad --x'); raise SystemExit(2)"
+    with pytest.raises(RunFailedError) as info:
+        run_logged([sys.executable, "-c", child], str(tmp_path / "run.log"))
+    assert str(info.value).endswith("run.log:\n    error: bad --x")
+    child = "print(')'); " + "print('x'); " * 3 + "raise ValueError('boom')"
+    with pytest.raises(RunFailedError) as info:
+        run_logged([sys.executable, "-c", child], str(tmp_path / "run.log"))
+    lines = str(info.value).splitlines()[1:]
+    assert lines[0] == "    Traceback (most recent call last):"
+    assert lines[-1] == "    ValueError: boom" and "    )" not in lines
+    long = "import sys; print('error: first'); " + "print('x'); " * 20 + "sys.exit(1)"
+    with pytest.raises(RunFailedError) as info:
+        run_logged([sys.executable, "-c", long], str(tmp_path / "run.log"))
+    assert (
+        str(info.value).splitlines()[1:]
+        == ["    error: first", "    ... (12 lines)"] + ["    x"] * 8
+    )
+
+
+def test_output_dirs_that_cannot_be_written_are_refused_leaving_nothing(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(OutputDirError, match=r"^--output-dir: .*'.*a_file'.*it is a file"):
+        check_output_dir(str(a_file))
+    with pytest.raises(OutputDirError, match=r"^--root: .*a_file/sub"):
+        check_output_dir(str(a_file / "sub"), "--root")
+    check_output_dir(str(tmp_path / "new" / "deeper"))
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # checked, nothing created
+    check_output_dir(str(tmp_path))  # an existing folder is left as it was
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+    with pytest.raises(OutputDirError, match="Cannot write the log"):
+        run_logged([sys.executable, "-c", "pass"], str(a_file / "run.log"))
+
+
+def _run_into_a_file(folder):
+    a_file = os.path.join(folder, "a_file")
+    open(a_file, "w").close()
+    train_and_record("tiny", TINY, a_file, 0, train_net="unused")
+
+
+def test_a_run_into_a_file_is_one_line(tmp_path, capsys):
+    """Not the traceback of the ``run.json`` it could not write."""
+    with pytest.raises(SystemExit) as exc:
+        main_of_runs(_run_into_a_file, str(tmp_path))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Cannot write the output folder") and "it is a file" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_an_interrupted_run_leaves_no_process_behind(tmp_path):

@@ -22,13 +22,12 @@ delete the folder to start over.
 
 import argparse
 import os
-import sys
 import time
 
 from tabulate import tabulate
 
 from kdreid.benchmark import OTHER_LOAD_WARNING
-from kdreid.runs import main_of_runs
+from kdreid.runs import REPO, check_output_dir, main_of_runs
 from speed_kd.runs import train_and_record
 
 TEACHER = "configs/Synthetic/bagtricks_R18.yml"
@@ -50,6 +49,14 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    for name in (f"{args.student}.yml", f"kd_{args.student}.yml"):
+        if not os.path.isfile(os.path.join(REPO, STUDENTS, name)):
+            files = os.listdir(os.path.join(REPO, STUDENTS))
+            known = sorted(f[3:-4] for f in files if f.startswith("kd_") and f[3:] in files)
+            parser.error(
+                f"--student '{args.student}' has no config {STUDENTS}/{name}; "
+                f"students: {', '.join(known)}"
+            )
     return args
 
 
@@ -83,13 +90,11 @@ def table(runs):
 
 def run(args):
     out = os.path.abspath(args.output_dir)
+    check_output_dir(out)  # a file, a read-only place: one line now, not after the teacher
     os.environ.setdefault("FASTREID_DATASETS", "datasets")
     start = time.perf_counter()
-    student = os.path.join(STUDENTS, f"{args.student}.yml")
+    student = os.path.join(STUDENTS, f"{args.student}.yml")  # from REPO, where the runs run
     kd_student = os.path.join(STUDENTS, f"kd_{args.student}.yml")
-    for path in (student, kd_student):
-        if not os.path.isfile(path):
-            sys.exit(f"error: no config '{path}'; students: see {STUDENTS}/")
 
     # The learning rate drops tenfold after three quarters of the epochs, as in the configs.
     schedule = ["SOLVER.MAX_EPOCH", str(args.epochs), "SOLVER.STEPS", f"[{args.epochs * 3 // 4}]"]

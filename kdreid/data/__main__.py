@@ -10,6 +10,8 @@ import os
 import time
 
 from kdreid.data.synthreid import SYNTHREID_SIZES, generate_synthreid
+from kdreid.engine.defaults import report_user_errors
+from kdreid.runs import check_output_dir
 
 
 def main(argv=None):
@@ -22,16 +24,24 @@ def main(argv=None):
         default=os.getenv("FASTREID_DATASETS", "datasets"),
         help="datasets folder (default: $FASTREID_DATASETS or datasets/)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="0 or more (default 0)")
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"--seed must be 0 or more, got {args.seed}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the line below says it
     start = time.perf_counter()
-    path = generate_synthreid(args.root, args.size, seed=args.seed)
+    path = report_user_errors(_generate, args)  # bad --root, a folder of another seed: one line
     spec = SYNTHREID_SIZES[args.size]
     print(
         f"SynthReID-{args.size}: {sum(spec.counts.values())} images in {path} "
         f"({time.perf_counter() - start:.1f} s)"
     )
+
+
+def _generate(args):
+    if not os.path.exists(os.path.join(args.root, f"SynthReID-{args.size}")):
+        check_output_dir(args.root, "--root")  # a dataset already there is only checked
+    return generate_synthreid(args.root, args.size, seed=args.seed)
 
 
 if __name__ == "__main__":

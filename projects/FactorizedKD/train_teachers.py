@@ -11,9 +11,12 @@ Each view is one run of ``projects/FactorizedKD/train_net.py`` in its own proces
 an interruption: a view whose ``model_final.pth`` exists is not trained again, an interrupted one
 resumes from its last checkpoint, an evaluated one is skipped.
 
-Finally it writes ``<output-dir>/ensemble.yml`` (the dataset's ``ensemble.yml``, next to the
-teacher config, with ``MODEL.FKD.TEACHERS``: each view's saved ``config.yaml``, which holds its
-view, and ``MODEL.FKD.TEACHER_WEIGHTS``) and prints the command that evaluates the ensemble.
+Finally it writes ``<output-dir>/ensemble.yml`` (the ensemble config it inherits, with
+``MODEL.FKD.TEACHERS``: each view's saved ``config.yaml``, which holds its view, and
+``MODEL.FKD.TEACHER_WEIGHTS``) and prints the command that evaluates the ensemble. The inherited
+config is ``--ensemble-config``, by default the one next to the teacher config whose name is the
+teacher's with ``teacher`` changed to ``ensemble`` (``teacher.yml``: ``ensemble.yml``,
+``teacher_small.yml``: ``ensemble_small.yml``, ``tiny_teacher.yml``: ``tiny_ensemble.yml``).
 """
 
 import argparse
@@ -23,7 +26,7 @@ import sys
 
 from factorized_kd.views import PARTIAL_VIEWS
 from kdreid.evidence import parse_with_opts
-from kdreid.runs import main_of_runs, train_and_record
+from kdreid.runs import check_output_dir, main_of_runs, train_and_record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_NET = os.path.join(HERE, "train_net.py")
@@ -102,6 +105,29 @@ def write_ensemble_config(path, base, options):
         )
 
 
+def default_ensemble_config(config):
+    """The ensemble config of the teacher config ``config``: the file next to it named as it is
+    with ``teacher`` changed to ``ensemble``, else ``ensemble.yml`` there.
+
+    Returns:
+        str: the first of those that exists, else the first (which does not).
+    """
+    folder, name = os.path.split(config)
+    candidates = [os.path.join(folder, "ensemble.yml")]
+    if "teacher" in name:
+        candidates.insert(0, os.path.join(folder, name.replace("teacher", "ensemble")))
+    return next((c for c in candidates if os.path.isfile(c)), candidates[0])
+
+
+def _no_ensemble_config(base):
+    """What to say when the default ensemble config ``base`` does not exist: the ensemble configs
+    that are in its folder (names with ``ensemble``), and what to do."""
+    folder = os.path.dirname(base)
+    found = sorted(f for f in os.listdir(folder) if "ensemble" in f and f.endswith(".yml"))
+    there = f" (ensemble configs in {folder}: {', '.join(found)})" if found else ""
+    return f"No ensemble config at {base}{there}: give one with --ensemble-config"
+
+
 def _summary(runs):
     lines = []
     for view, run in runs.items():
@@ -122,13 +148,20 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="KDREID.SEED of every run (default 0)")
     parser.add_argument(
         "--ensemble-config", default=None, metavar="FILE",
-        help="the ensemble config to inherit (default: ensemble.yml next to --config-file)",
+        help="the ensemble config to inherit (default: the one next to --config-file named "
+        "as it is with 'teacher' changed to 'ensemble', else ensemble.yml there)",
     )  # fmt: skip
     args = parse_with_opts(parser, argv)  # KEY VALUE options for every run
     output_dir = args.output_dir
     config = os.path.abspath(args.config_file)
     if not os.path.isfile(config):
         parser.error(f"--config-file '{args.config_file}' does not exist")
+    if args.ensemble_config is not None and not os.path.isfile(args.ensemble_config):
+        parser.error(f"--ensemble-config '{args.ensemble_config}' does not exist; expected a file")
+    base = args.ensemble_config or default_ensemble_config(config)
+    check_output_dir(output_dir)  # before the first teacher trains
+    if not os.path.isfile(base):  # said now, when it can still be given, and again at the end
+        print(f"{_no_ensemble_config(base)}, or the ensemble's options are printed at the end.")
     try:
         runs = train_teachers(
             config, output_dir, args.views, args.seed, args.opts, train_net=TRAIN_NET
@@ -137,14 +170,13 @@ def main(argv=None):
         parser.error(str(exc))
     print(f"Teachers, each on its view:\n{_summary(runs)}")
     options = ensemble_options(output_dir, args.views)
-    base = args.ensemble_config or os.path.join(os.path.dirname(config), "ensemble.yml")
     evaluate = [sys.executable, os.path.relpath(EVALUATE_ENSEMBLE)]
     if os.path.isfile(base):
         path = os.path.join(output_dir, "ensemble.yml")
         write_ensemble_config(path, base, options)
         command = [*evaluate, "--config-file", path]
-    else:
-        print(f"No ensemble config at {base}: pass --ensemble-config, or use these options.")
+    else:  # only a default can be missing
+        print(f"{_no_ensemble_config(base)}, or use these options.")
         command = [*evaluate, "--config-file", "<ensemble config>", *options]
     command += ["OUTPUT_DIR", os.path.join(output_dir, "ensemble")]
     print("Evaluate the ensemble with:\n  " + " ".join(map(shlex.quote, command)))

@@ -30,7 +30,8 @@ import mdpr  # noqa: F401  (imported for registration of the MDPR meta-architect
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
 from kdreid.engine.checkpoint import atomic_write, fit_state_dict, read_state_dict
 from kdreid.engine.defaults import report_user_errors
-from kdreid.errors import ConfigError, WeightsError
+from kdreid.errors import ConfigError, OutputDirError, WeightsError
+from kdreid.runs import check_output_dir
 
 # isort: split
 from fastreid.modeling import build_model
@@ -365,12 +366,18 @@ def convert(src: str, dst: str, config_file: str = DEFAULT_CONFIG, opts=()) -> C
             fit the model (the message names the keys and, where it can, the config key to set);
             ``src`` has non-finite values.
         ConfigError: ``config_file`` or an option is invalid, or the config is not an MDPR one.
+        OutputDirError: ``dst`` is a folder, or its folder cannot be created or written (checked
+            before anything is read; the folder is created only to write ``dst``).
     """
     if _same_file(src, dst):
         raise WeightsError(
             f"DST '{dst}' is SRC: the converter never overwrites the official checkpoint; name "
             "another file."
         )
+    if os.path.isdir(dst):
+        raise OutputDirError(f"DST '{dst}' is a folder; expected the path of the file to write")
+    folder = os.path.dirname(os.path.abspath(dst))
+    check_output_dir(folder, "DST's folder")
     state = read_state_dict(src, "SRC")  # the model only; "module." stripped
     cfg = build_cfg(config_file, opts, _num_classes(state, src))
     if cfg.MODEL.META_ARCHITECTURE != "MDPR":
@@ -408,8 +415,10 @@ def convert(src: str, dst: str, config_file: str = DEFAULT_CONFIG, opts=()) -> C
         dtypes=tuple(sorted({str(v.dtype).removeprefix("torch.") for v in out.values()})),
     )
     del model, expected
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:  # checked above; changed since
+        raise OutputDirError(f"Cannot create DST's folder '{folder}': {exc.strerror}") from exc
     atomic_write(dst, lambda f: torch.save({"model": out}, f))
     return conversion
 

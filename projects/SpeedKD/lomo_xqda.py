@@ -10,6 +10,7 @@ projection per image (batch 1 latency, large-batch throughput), and writes
 """
 
 import argparse
+import math
 import os
 import time
 
@@ -27,6 +28,7 @@ from kdreid.benchmark import device_name, write_record
 from kdreid.engine.defaults import report_user_errors
 from kdreid.errors import ConfigError, UnreadableImageError
 from kdreid.evaluation import evaluate_rank, re_ranking
+from kdreid.runs import check_output_dir
 from speed_kd.lomo import LOMO
 from speed_kd.xqda import XQDA
 
@@ -60,7 +62,15 @@ def parse_args(argv=None):
         metavar=("K1", "K2", "LAMBDA"),
         help="also k-reciprocal re-ranking of the XQDA distances (FastReID's defaults: 20 6 0.3)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rerank is not None:  # refused now, not after the whole extraction and fit
+        k1, k2, lam = args.rerank
+        for name, k in (("K1", k1), ("K2", k2)):
+            if not (math.isfinite(k) and k >= 1 and k == int(k)):
+                parser.error(f"--rerank {name} must be a whole number of at least 1, got {k:g}")
+        if not 0 <= lam <= 1:
+            parser.error(f"--rerank LAMBDA must be between 0 and 1, got {lam:g}")
+    return args
 
 
 def read_images(paths: list[str]) -> torch.Tensor:
@@ -144,6 +154,7 @@ def run(
     Raises:
         ConfigError: unknown dataset or device, or a batch size below 1.
         kdreid.errors.DatasetNotFoundError: the dataset's folder is not under ``root``.
+        kdreid.errors.OutputDirError: ``output_dir`` cannot be created or written (checked first).
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -156,6 +167,7 @@ def run(
     except KeyError:
         names = ", ".join(sorted(DATASET_REGISTRY._obj_map))  # FastReID's Registry lists no names
         raise ConfigError(f"Unknown dataset {dataset!r}; registered datasets: {names}") from None
+    check_output_dir(output_dir)  # not after the whole run, when the record is written
     data = dataset_cls(root=root)
     extractor = LOMO()
 

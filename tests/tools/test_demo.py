@@ -45,3 +45,25 @@ def test_epochs_below_one_are_refused(demo, argv, capsys):
     with pytest.raises(SystemExit) as exc:
         demo.parse_args(argv)
     assert exc.value.code == 2 and "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_an_unknown_student_is_bad_input(demo, capsys):
+    """Status 2, as every bad input, naming the students there are."""
+    with pytest.raises(SystemExit) as exc:
+        demo.parse_args(["--student", "foo"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--student 'foo' has no config" in err
+    assert "resnet18_64x32" in err and "mobilenetv1_0.5x" in err
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_an_output_dir_that_cannot_be_written_is_one_line(demo, tmp_path, capsys, sub):
+    """A file, or a folder under one: refused before the teacher trains, with no traceback."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--output-dir", str(a_file / sub) if sub else str(a_file)])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
+    assert "a_file" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert out == ""  # nothing started

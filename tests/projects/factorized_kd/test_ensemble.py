@@ -18,6 +18,7 @@ from kdreid.benchmark import count_parameters, profile_model
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
 from kdreid.engine import defaults
 from kdreid.errors import ConfigError, StaleRunError, WeightsError
+from kdreid.runs import main_of_runs
 
 from ...conftest import REPO
 
@@ -357,6 +358,71 @@ def test_train_teachers_command_writes_the_ensemble_config(train_teachers, tmp_p
     merge_from_list(cfg, options)
     assert cfg.MODEL.FKD.TEACHERS[0] == f"{out}/Mid1/config.yaml"
     assert train_teachers.main(argv) == 0 and len(train_teachers.calls()) == 4  # all done
+
+
+def test_a_missing_ensemble_config_is_refused_before_training(train_teachers, tmp_path, capsys):
+    """Given, but not there: a usage error now, not a note after every teacher trained."""
+    out = tmp_path / "runs"
+    argv = ["--config-file", TINY_TEACHER, "--output-dir", str(out), "--ensemble-config",
+            str(tmp_path / "nope.yml"), "--views", "Up1"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        train_teachers.main(argv)
+    assert exc.value.code == 2
+    assert f"--ensemble-config '{tmp_path / 'nope.yml'}' does not exist" in capsys.readouterr().err
+    assert train_teachers.calls() == [] and not out.exists()
+
+
+def test_the_default_ensemble_config_is_the_teachers_own(train_teachers, tmp_path, capsys):
+    """teacher.yml: ensemble.yml; teacher_small.yml: ensemble_small.yml; tiny_teacher.yml:
+    tiny_ensemble.yml, each in the teacher's folder."""
+    synthetic = os.path.join(CONFIGS, "Synthetic")
+    for teacher, ensemble in [
+        (os.path.join(CONFIGS, "Market1501", "teacher.yml"), "ensemble.yml"),
+        (os.path.join(synthetic, "teacher_small.yml"), "ensemble_small.yml"),
+        (TINY_TEACHER, "tiny_ensemble.yml"),
+    ]:
+        expected = os.path.join(os.path.dirname(teacher), ensemble)
+        assert train_teachers.default_ensemble_config(teacher) == expected
+        assert os.path.isfile(expected)
+    out = tmp_path / "runs"
+    argv = ["--config-file", TINY_TEACHER, "--output-dir", str(out), "--views", "Up1"]
+    assert train_teachers.main(argv) == 0
+    with open(out / "ensemble.yml") as f:
+        assert f"_BASE_: {TINY_ENSEMBLE}\n" in f.read()
+    # A teacher config with no ensemble config beside it: the ones that are there are named.
+    own = tmp_path / "configs" / "my_teacher.yml"
+    own.parent.mkdir()
+    own.write_text(f"_BASE_: {TINY_TEACHER}\n")
+    (own.parent / "other_ensemble.yml").write_text(f"_BASE_: {TINY_ENSEMBLE}\n")
+    capsys.readouterr()
+    argv = ["--config-file", str(own), "--output-dir", str(tmp_path / "own"), "--views", "Up1"]
+    assert train_teachers.main(argv) == 0
+    printed = capsys.readouterr().out
+    note = f"No ensemble config at {own.parent / 'my_ensemble.yml'} (ensemble configs in "
+    assert (
+        printed.startswith(note)
+        and "other_ensemble.yml): give one with --ensemble-config" in printed
+    )
+    assert "--config-file '<ensemble config>' MODEL.FKD.TEACHERS" in printed
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_an_output_dir_that_cannot_be_written_is_one_line(train_teachers, tmp_path, capsys, sub):
+    """Refused before the first teacher trains (the folder: a file, or under one)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    argv = [
+        "--config-file",
+        TINY_TEACHER,
+        "--output-dir",
+        str(a_file / sub) if sub else str(a_file),
+    ]
+    with pytest.raises(SystemExit) as exc:
+        main_of_runs(train_teachers.main, argv)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert train_teachers.calls() == [] and out == ""
 
 
 def test_ensemble_cli_builds_through_the_plugin_import():

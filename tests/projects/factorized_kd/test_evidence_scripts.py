@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+from kdreid.errors import StaleRunError
+from kdreid.runs import main_of_runs
+
 from ...conftest import REPO
 
 BENCHMARKS = os.path.join(REPO, "benchmarks")
@@ -49,12 +52,26 @@ def test_teacher_options_are_parsed_apart(evidence, tmp_path):
 def test_teachers_trained_with_other_options_are_not_reused(evidence, tmp_path, capsys):
     (tmp_path / "teachers").mkdir()
     (tmp_path / "teachers" / "options.json").write_text(json.dumps(["SOLVER.MAX_EPOCH", "1"]))
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(StaleRunError) as exc:
         evidence.train_teachers(
             str(tmp_path), ["SOLVER.MAX_EPOCH", "1"], ["INPUT.SIZE_TRAIN", "[8,8]"]
         )
     message = str(exc.value)
     assert str(tmp_path / "teachers") in message and "INPUT.SIZE_TRAIN" in message
+    with pytest.raises(SystemExit) as exc:  # bad input: status 2, one line
+        main_of_runs(evidence.main, ["--output-dir", str(tmp_path)])  # options [], not those
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith("error: the teachers in")
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_an_output_dir_that_cannot_be_written_is_one_line(evidence, tmp_path, capsys, sub):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main_of_runs(evidence.main, ["--output-dir", str(a_file / sub) if sub else str(a_file)])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and out == ""
 
 
 @pytest.mark.parametrize("text", ["1", "1,2,3", "a,b", "-1,1"])

@@ -516,3 +516,31 @@ def test_dst_equal_to_src_is_refused(tmp_path):
         with pytest.raises(WeightsError, match="is SRC: the converter never overwrites"):
             convert_official.convert(str(src), str(dst), CONFIG)
     assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["a folder", "under a file"])
+def test_dst_that_cannot_be_written_is_one_line_before_src_is_read(tmp_path, capsys, case):
+    """DST a folder, or in a "folder" that is a file: one line, status 2, before SRC is read (SRC
+    here is not even a checkpoint), not a traceback after the conversion."""
+    src, a_file = tmp_path / "notes.txt", tmp_path / "a_file"
+    src.write_text("not a checkpoint\n")
+    a_file.write_text("")
+    dst, message = {
+        "a folder": (tmp_path, f"error: DST '{tmp_path}' is a folder; expected the path of"),
+        "under a file": (a_file / "x.pth", "error: DST's folder: Cannot write the output folder"),
+    }[case]
+    with pytest.raises(SystemExit) as info:
+        convert_official.main([str(src), str(dst)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(message)
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_missing_dst_folder_is_created_only_to_write_dst(tmp_path, capsys):
+    """Checked up front, but a conversion that fails leaves no empty folder behind."""
+    src, dst = tmp_path / "notes.txt", tmp_path / "new" / "sub" / "converted.pth"
+    src.write_text("not a checkpoint\n")
+    with pytest.raises(SystemExit):
+        convert_official.main([str(src), str(dst)])
+    assert capsys.readouterr().err.startswith(f"error: Cannot load checkpoint '{src}'")
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from kdreid.runs import main_of_runs
+
 from ...conftest import REPO
 
 SCRIPT = os.path.join(REPO, "benchmarks", "speedkd_evidence.py")
@@ -52,3 +54,15 @@ def test_bad_command_lines_are_refused_by_name(evidence, capsys, argv, words):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_before_training(
+    evidence, tmp_path, capsys
+):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main_of_runs(evidence.main, ["--output-dir", str(a_file / "sub")])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
+    assert "Traceback" not in err and out == ""  # not even the teacher started

@@ -207,3 +207,36 @@ def test_runner_bad_input_is_one_line(argv, message, tmp_path, capsys):
         _runner().main([*argv, "--root", str(tmp_path), "--output-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+@pytest.mark.parametrize(
+    "rerank, message",
+    [
+        (["0", "-1", "0.3"], "--rerank K1 must be a whole number of at least 1, got 0"),
+        (["20", "0", "0.3"], "--rerank K2 must be a whole number of at least 1, got 0"),
+        (["20.5", "6", "0.3"], "--rerank K1 must be a whole number of at least 1, got 20.5"),
+        (["20", "6", "5"], "--rerank LAMBDA must be between 0 and 1, got 5"),
+        (["20", "6", "-0.1"], "--rerank LAMBDA must be between 0 and 1, got -0.1"),
+    ],
+)
+def test_runner_refuses_bad_re_ranking_before_it_starts(rerank, message, capsys):
+    """Refused with the command line, not by re_ranking after the whole extraction and fit."""
+    with pytest.raises(SystemExit) as exit_info:
+        _runner().parse_args(["--rerank", *rerank])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert _runner().parse_args(["--rerank", "20", "6", "0"]).rerank == [20, 6, 0]
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_runner_output_dir_is_checked_before_the_run(sub, tmp_path, capsys):
+    """A file, or a folder under one: one line before the dataset is even looked at (its folder,
+    here, is never generated), not a traceback once the record is written."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    out = str(a_file / sub) if sub else str(a_file)
+    with pytest.raises(SystemExit) as exit_info:
+        _runner().main(["--dataset", "SynthReIDTiny", "--root", str(tmp_path / "datasets"),
+                        "--output-dir", out])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
+    assert "Traceback" not in err and not (tmp_path / "datasets").exists()

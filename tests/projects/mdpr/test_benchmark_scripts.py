@@ -1,0 +1,69 @@
+"""The command lines of MDPR's benchmarks (benchmarks/mdpr_evidence.py, benchmarks/mdpr_speed.py):
+bad input is one ``error:`` line with status 2, found before anything runs or is created."""
+
+import importlib.util
+import os
+
+import pytest
+
+from kdreid.runs import main_of_runs
+
+from ...conftest import REPO
+
+
+def _load(name):
+    path = os.path.join(REPO, "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def evidence():
+    return _load("mdpr_evidence")
+
+
+@pytest.fixture(scope="module")
+def speed():
+    return _load("mdpr_speed")
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_evidence_output_dir_that_cannot_be_written(evidence, tmp_path, capsys, sub):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main_of_runs(evidence.main, ["--output-dir", str(a_file / sub) if sub else str(a_file)])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and out == ""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "0"], "--batch must be at least 1, got 0"),  # was an IndexError
+        (["--num-classes", "0"], "--num-classes must be at least 1, got 0"),  # ZeroDivisionError
+        (["--steps", "0"], "--steps must be at least 1, got 0"),  # was accepted
+        (["--eval-batch", "-2"], "--eval-batch must be at least 1, got -2"),
+    ],
+)
+def test_speed_numbers_below_one_are_refused(speed, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        speed.parse_args([*argv, "--output-dir", str(out)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_speed_output_dir_is_checked_before_timing(speed, tmp_path, monkeypatch):
+    """An output folder that cannot be written is bad input, found before anything is timed."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    config = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")
+    args = speed.parse_args(["--config-file", config, "--device", "cpu", "--output-dir",
+                             str(a_file / "sub"), "--num-classes", "4"])  # fmt: skip
+    monkeypatch.setattr(speed, "time_training", lambda *a: pytest.fail("timed"))
+    with pytest.raises(speed.UserInputError, match="--output-dir: .*a_file/sub"):
+        speed.run(args)
