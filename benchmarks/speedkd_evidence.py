@@ -29,12 +29,11 @@ import sys
 
 from kdreid.evidence import parse_with_opts
 from kdreid.runs import REPO, check_output_dir, main_of_runs, run_logged
-from speed_kd.runs import train_and_record
+from speed_kd.runs import STUDENTS, missing_student, train_and_record
 from speed_kd.tradeoff import find_records, write_tradeoff
 
 TEACHER_CONFIG = "configs/Synthetic/bagtricks_R18.yml"
 TEACHER_NAME = "ResNet-18 (teacher)"
-STUDENTS = "configs/SpeedKD/Synthetic"
 DISTILLATION_KEYS = ("MODEL.SPEEDKD.", "KD.")
 
 
@@ -103,14 +102,8 @@ def parse_args(argv=None):
         parser, argv, "KEY VALUE for the student runs (MODEL.SPEEDKD.*, KD.*: distilled ones only)"
     )
     for student in [args.student, *args.extra_students]:
-        for name in (f"{student}.yml", f"kd_{student}.yml"):
-            if not os.path.isfile(os.path.join(REPO, STUDENTS, name)):
-                files = os.listdir(os.path.join(REPO, STUDENTS))
-                known = sorted(f[3:-4] for f in files if f.startswith("kd_") and f[3:] in files)
-                parser.error(
-                    f"student '{student}' has no config {STUDENTS}/{name}; "
-                    f"students: {', '.join(known)}"
-                )
+        if (problem := missing_student(student)) is not None:
+            parser.error(f"student {problem}")
     pairs = list(zip(args.opts[0::2], args.opts[1::2]))
     args.plain_opts = [w for k, v in pairs if not k.startswith(DISTILLATION_KEYS) for w in (k, v)]
     return args

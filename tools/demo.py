@@ -27,11 +27,10 @@ import time
 from tabulate import tabulate
 
 from kdreid.benchmark import OTHER_LOAD_WARNING
-from kdreid.runs import REPO, check_output_dir, main_of_runs
-from speed_kd.runs import train_and_record
+from kdreid.runs import check_output_dir, main_of_runs
+from speed_kd.runs import STUDENTS, missing_student, train_and_record
 
 TEACHER = "configs/Synthetic/bagtricks_R18.yml"
-STUDENTS = "configs/SpeedKD/Synthetic"
 
 
 def parse_args(argv=None):
@@ -49,14 +48,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
-    for name in (f"{args.student}.yml", f"kd_{args.student}.yml"):
-        if not os.path.isfile(os.path.join(REPO, STUDENTS, name)):
-            files = os.listdir(os.path.join(REPO, STUDENTS))
-            known = sorted(f[3:-4] for f in files if f.startswith("kd_") and f[3:] in files)
-            parser.error(
-                f"--student '{args.student}' has no config {STUDENTS}/{name}; "
-                f"students: {', '.join(known)}"
-            )
+    if (problem := missing_student(args.student)) is not None:
+        parser.error(f"--student {problem}")
     return args
 
 
