@@ -55,3 +55,17 @@ def tiny_teacher(datasets_root, tmp_path_factory):
         trainer.resume_or_load(resume=False)
         trainer.train()
     return config, str(output_dir / "model_final.pth")
+
+
+def assert_output_dir_refused(main, tmp_path, capsys, sub=""):
+    """``main(["--output-dir", X])`` of a script of runs, X a file (or a folder under one): one
+    ``error:`` line naming the flag, status 2, nothing printed on stdout."""
+    from kdreid.runs import main_of_runs
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main_of_runs(main, ["--output-dir", str(a_file / sub) if sub else str(a_file)])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and out == ""

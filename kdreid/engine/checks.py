@@ -33,15 +33,6 @@ TRAINING_SAMPLERS = ("TrainingSampler", "ImbalancedDatasetSampler", *IDENTITY_SA
 """``DATALOADER.SAMPLER_TRAIN`` values FastReID's training loader knows."""
 
 
-def _positive(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    if isinstance(node, bool) or not isinstance(node, int) or node < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {node!r}.")
-    return node
-
-
 def _value(cfg, key):
     node = cfg
     for part in key.split("."):
@@ -53,8 +44,13 @@ def _at_least(cfg, key, low):
     """An integer ``>= low``."""
     value = _value(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{key} must be an integer of at least {low}, got {value!r}.")
+        what = "a positive integer" if low == 1 else f"an integer of at least {low}"
+        raise ConfigError(f"{key} must be {what}, got {value!r}.")
     return value
+
+
+def _positive(cfg, key):
+    return _at_least(cfg, key, 1)
 
 
 def _number(cfg, key, low, high=None, low_open=False):
@@ -157,12 +153,12 @@ def check_config(cfg, training=True):
     _registered(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, "model")
     _registered(BACKBONE_REGISTRY, "MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, "backbone")
     if cfg.TEST.RERANK.ENABLED:
-        _at_least(cfg, "TEST.RERANK.K1", 1)
-        _at_least(cfg, "TEST.RERANK.K2", 1)
+        _positive(cfg, "TEST.RERANK.K1")
+        _positive(cfg, "TEST.RERANK.K2")
         _number(cfg, "TEST.RERANK.LAMBDA", 0.0, 1.0)
     if cfg.TEST.AQE.ENABLED:
-        _at_least(cfg, "TEST.AQE.QE_TIME", 1)
-        _at_least(cfg, "TEST.AQE.QE_K", 1)
+        _positive(cfg, "TEST.AQE.QE_TIME")
+        _positive(cfg, "TEST.AQE.QE_K")
         _number(cfg, "TEST.AQE.ALPHA", 0.0)
     check_registered(list(cfg.DATASETS.TESTS), "DATASETS.TESTS")
     if cfg.TEST.METRIC not in TEST_METRICS:

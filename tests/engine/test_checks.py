@@ -50,9 +50,15 @@ def test_the_shipped_tiny_config_passes():
         (["INPUT.SIZE_TEST", "[64, 32, 3]"], r"INPUT.SIZE_TEST must be \[height, width\]"),
         (["INPUT.SIZE_TEST", "[64.0, 32]"], r"INPUT.SIZE_TEST must be \[height, width\]"),
         # each of these failed mid-run (first evaluation, first checkpoint, first step) before
-        (["TEST.RERANK.ENABLED", "True", "TEST.RERANK.K1", "0"], "RERANK.K1 must be an integer of"),
+        (
+            ["TEST.RERANK.ENABLED", "True", "TEST.RERANK.K1", "0"],
+            "RERANK.K1 must be a positive integer, got 0",
+        ),
         (["TEST.RERANK.ENABLED", "True", "TEST.RERANK.LAMBDA", "2.0"], "at most 1.0, got 2.0"),
-        (["TEST.AQE.ENABLED", "True", "TEST.AQE.QE_K", "0"], "TEST.AQE.QE_K must be an integer"),
+        (
+            ["TEST.AQE.ENABLED", "True", "TEST.AQE.QE_K", "0"],
+            "TEST.AQE.QE_K must be a positive integer",
+        ),
         (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD must be a positive integer"),
         (["DATALOADER.NUM_WORKERS", "-1"], "NUM_WORKERS must be an integer of at least 0, got -1"),
         (["SOLVER.BASE_LR", "-1.0"], "SOLVER.BASE_LR must be a number above 0.0, got -1.0"),

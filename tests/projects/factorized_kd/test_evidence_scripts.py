@@ -11,7 +11,7 @@ import pytest
 from kdreid.errors import StaleRunError
 from kdreid.runs import main_of_runs
 
-from ...conftest import REPO
+from ...conftest import REPO, assert_output_dir_refused
 
 BENCHMARKS = os.path.join(REPO, "benchmarks")
 
@@ -65,13 +65,7 @@ def test_teachers_trained_with_other_options_are_not_reused(evidence, tmp_path, 
 
 @pytest.mark.parametrize("sub", ["", "sub"])
 def test_an_output_dir_that_cannot_be_written_is_one_line(evidence, tmp_path, capsys, sub):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("")
-    with pytest.raises(SystemExit) as exc:
-        main_of_runs(evidence.main, ["--output-dir", str(a_file / sub) if sub else str(a_file)])
-    out, err = capsys.readouterr()
-    assert exc.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
-    assert "Traceback" not in err and len(err.splitlines()) == 1 and out == ""
+    assert_output_dir_refused(evidence.main, tmp_path, capsys, sub)
 
 
 @pytest.mark.parametrize("text", ["1", "1,2,3", "a,b", "-1,1"])

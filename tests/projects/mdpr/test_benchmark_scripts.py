@@ -6,9 +6,7 @@ import os
 
 import pytest
 
-from kdreid.runs import main_of_runs
-
-from ...conftest import REPO
+from ...conftest import REPO, assert_output_dir_refused
 
 
 def _load(name):
@@ -31,13 +29,7 @@ def speed():
 
 @pytest.mark.parametrize("sub", ["", "sub"])
 def test_evidence_output_dir_that_cannot_be_written(evidence, tmp_path, capsys, sub):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("")
-    with pytest.raises(SystemExit) as exc:
-        main_of_runs(evidence.main, ["--output-dir", str(a_file / sub) if sub else str(a_file)])
-    out, err = capsys.readouterr()
-    assert exc.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
-    assert "Traceback" not in err and len(err.splitlines()) == 1 and out == ""
+    assert_output_dir_refused(evidence.main, tmp_path, capsys, sub)
 
 
 @pytest.mark.parametrize(
