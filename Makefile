@@ -1,5 +1,6 @@
 # make demo   train and evaluate on the embedded synthetic dataset (CPU)
 # make test   lint (ruff) and the test suite
+# make test-fast  lint and the tests not marked slow (no subprocesses, no end-to-end training)
 # make bench  the retrieval speed benchmarks (benchmarks/retrieval.py, its default sections;
 #             the other scripts in benchmarks/ train for hours: see the projects' READMEs)
 # make gpu-bundle  wheels that an offline GPU machine with torch lacks (see tools/gpu_check.sh)
@@ -10,7 +11,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench gpu-bundle clean-venv
+.PHONY: demo test test-fast lint bench gpu-bundle clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +21,7 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/demo.py
+	$(PY) benchmarks/demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -28,6 +29,9 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest
+
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/retrieval.py

@@ -34,12 +34,13 @@ setup(
     install_requires=requirements + ["torch>=2.1", "torchvision>=0.16"],
     extras_require={"gpu": ["faiss-gpu"]},
     entry_points={
-        # get_cfg() adds every installed project's keys, so any project's config (a teacher's,
-        # say) loads wherever kdreid runs.
-        "kdreid.config_extensions": [
-            "mdpr = mdpr.config:add_mdpr_config",
-            "factorized_kd = factorized_kd.config:add_factorized_kd_config",
-            "speed_kd = speed_kd.config:add_speed_kd_config",
+        # What each project plugs into the core (kdreid.projects.Project: its config keys and
+        # checks): get_cfg() adds every installed project's keys, so any project's config (a
+        # teacher's, say) loads wherever kdreid runs.
+        "kdreid.projects": [
+            "mdpr = mdpr.config:PROJECT",
+            "factorized_kd = factorized_kd.config:PROJECT",
+            "speed_kd = speed_kd.config:PROJECT",
         ],
     },
 )

@@ -20,9 +20,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
+
+from kdreid.benchmark import time_calls
 
 
 def vm_hwm():
@@ -71,15 +72,10 @@ def main(argv=None):
         inputs = load(args.input_dir, ["q_feat", "g_feat"])
 
     hwm_before = vm_hwm()
-    out = None
-    for _ in range(args.warmup):
-        out = re_ranking(*inputs, **params)
-    times = []
-    for _ in range(args.repeats):
-        del out
-        start = time.perf_counter()
-        out = re_ranking(*inputs, **params)
-        times.append(time.perf_counter() - start)
+    # one output held at a time: time_calls releases the last one before each call
+    times, out = time_calls(
+        lambda: re_ranking(*inputs, **params), warmup=args.warmup, iters=args.repeats
+    )
     hwm_after = vm_hwm()
     out = np.asarray(out)
     if args.output:

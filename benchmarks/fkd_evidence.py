@@ -18,8 +18,8 @@ On SynthReID-small, on this machine's device, with ``projects/FactorizedKD/train
    - ``fd_feature``: the retrieval-feature term only (``MODEL.FKD.MAP_WEIGHT 0``);
    - ``fd_map``: the feature-map term only (``MODEL.FKD.FEAT_WEIGHT 0``).
 
-   An FD student is trained with the teachers of step 1 (``MODEL.FKD.TEACHERS``: each teacher
-   run's ``config.yaml``, which records its view; ``TEACHER_WEIGHTS``: its ``model_final.pth``)
+   An FD student is trained with the teachers of step 1 (``KD.MODEL_CONFIG``: each teacher
+   run's ``config.yaml``, which records its view; ``KD.MODEL_WEIGHTS``: its ``model_final.pth``)
    and its checkpoint is evaluated with the plain student's config, so its record (accuracy,
    parameters, multiply-adds, latency, throughput) is that of the network it deploys as.
 
@@ -51,17 +51,19 @@ import shlex
 import sys
 from typing import NamedTuple
 
+import fkd_teachers
+
 from factorized_kd.views import PARTIAL_VIEWS, view_fractions
-from kdreid.errors import StaleRunError
-from kdreid.evidence import comparison_tables, fmt, parse_args
-from kdreid.runs import (
+from harness.evidence import comparison_tables, fmt, parse_args
+from harness.runs import (
     REPO,
-    check_output_dir,
+    StaleRunError,
     main_of_runs,
     run_logged,
     train_and_record,
     training_images,
 )
+from kdreid.cli import check_output_dir
 
 PROJECT = os.path.join(REPO, "projects", "FactorizedKD")
 TRAIN_NET = os.path.join(PROJECT, "train_net.py")
@@ -114,7 +116,8 @@ def add_teacher_opts(parser):
 
 
 def train_teachers(out, opts, teacher_only=()):
-    """Train and evaluate one teacher per view (seed 0), skipping what is done.
+    """Train and evaluate one teacher per view (seed 0), skipping what is done: each view is
+    :func:`fkd_teachers.train_teachers`'s, under this benchmark's name for its record.
 
     Args:
         out (str): the output folder; teachers go to ``out/teachers/<view>``.
@@ -122,10 +125,10 @@ def train_teachers(out, opts, teacher_only=()):
         teacher_only (Sequence[str]): ``KEY VALUE`` options of the teachers only, after ``opts``.
 
     Returns:
-        dict[str, kdreid.runs.Run]: each view's run.
+        dict[str, harness.runs.Run]: each view's run.
 
     Raises:
-        kdreid.errors.StaleRunError: ``out/teachers`` holds teachers trained with other options
+        harness.runs.StaleRunError: ``out/teachers`` holds teachers trained with other options
             (its ``options.json``), which would otherwise be reused silently.
     """
     opts = [*opts, *teacher_only]
@@ -142,19 +145,18 @@ def train_teachers(out, opts, teacher_only=()):
         os.makedirs(os.path.dirname(record), exist_ok=True)
         with open(record, "w") as f:
             json.dump(opts, f)
-    runs = {}
+    folder, runs = os.path.dirname(record), {}
     for view in PARTIAL_VIEWS:
-        run_dir = os.path.join(out, "teachers", view)
-        print(f"Teacher {view}: {run_dir}", flush=True)
-        runs[view] = train_and_record(
-            f"Teacher {view}", TEACHER, run_dir, TEACHER_SEED, ["MODEL.FKD.VIEW", view, *opts],
-            train_net=TRAIN_NET,
+        print(f"Teacher {view}: {os.path.join(folder, view)}", flush=True)
+        runs |= fkd_teachers.train_teachers(
+            TEACHER, folder, (view,), TEACHER_SEED, opts, echo=None, train_net=TRAIN_NET,
+            name="Teacher {view}",
         )  # fmt: skip
     return runs
 
 
 def teacher_options(teachers):
-    """``MODEL.FKD.TEACHERS`` / ``TEACHER_WEIGHTS`` options naming the trained teachers.
+    """``KD.MODEL_CONFIG`` / ``KD.MODEL_WEIGHTS`` options naming the trained teachers.
 
     Args:
         teachers (dict[str, Run]): :func:`train_teachers`.
@@ -171,14 +173,14 @@ def teacher_options(teachers):
     missing = [p for p in configs + weights if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"teacher files missing: {', '.join(missing)}")
-    return ["MODEL.FKD.TEACHERS", repr(configs), "MODEL.FKD.TEACHER_WEIGHTS", repr(weights)]
+    return ["KD.MODEL_CONFIG", repr(configs), "KD.MODEL_WEIGHTS", repr(weights)]
 
 
 def evaluate_ensemble(out_dir, teacher_opts, opts):
     """The ensemble's speed/accuracy record, evaluated unless it exists.
 
     The ensemble has no ``MODEL.WEIGHTS`` (its weights are its members'), so it is evaluated by
-    ``evaluate_ensemble.py``, not by :func:`kdreid.runs.train_and_record` (which names one).
+    ``evaluate_ensemble.py``, not by :func:`harness.runs.train_and_record` (which names one).
     """
     record_path = os.path.join(out_dir, "speed_accuracy.json")
     if not os.path.isfile(record_path):
@@ -195,7 +197,7 @@ def evaluate_ensemble(out_dir, teacher_opts, opts):
 def train_student(variant, run_dir, seed, teacher_opts, opts):
     """Train one student unless done and return its run, evaluated with the plain config.
 
-    A plain student is one :func:`kdreid.runs.train_and_record`. An FD student is trained here
+    A plain student is one :func:`harness.runs.train_and_record`. An FD student is trained here
     with its own config and the teachers (in ``run_dir``, as ``train_and_record`` would: resumed
     if interrupted, its seconds and images in ``train_seconds.json``); its checkpoint is then
     evaluated by ``train_and_record`` with the plain student's config, as a checkpoint "trained
@@ -203,7 +205,7 @@ def train_student(variant, run_dir, seed, teacher_opts, opts):
     config it trains with; it has no separate evaluation config).
 
     Returns:
-        kdreid.runs.Run
+        harness.runs.Run
     """
     if not variant.distilled:
         return train_and_record(

@@ -30,8 +30,9 @@ from fkd_evidence import (
     train_teachers,
 )
 
-from kdreid.evidence import fmt, parse_with_opts
-from kdreid.runs import REPO, main_of_runs
+from harness.evidence import fmt
+from harness.runs import REPO, main_of_runs
+from kdreid.cli import parse_with_opts
 
 # The map term falls from ~5 to ~0.1 in the first epochs at weight 1 while the feature term stays
 # near 5 (the first FD run's log), so the pairs move the feature weight both ways and the map

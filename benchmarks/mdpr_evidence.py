@@ -30,8 +30,9 @@ continues where it stopped. ``KEY VALUE`` options apply to every run, training a
 import os
 from typing import NamedTuple
 
-from kdreid.evidence import comparison_tables, fmt, parse_args
-from kdreid.runs import REPO, check_output_dir, main_of_runs, train_and_record
+from harness.evidence import comparison_tables, fmt, parse_args
+from harness.runs import REPO, main_of_runs, train_and_record
+from kdreid.cli import check_output_dir
 
 TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
 CONFIGS = "configs/MDPR/Synthetic"

@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import statistics
-import time
 import warnings
 
 import torch
@@ -43,11 +42,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import mdpr
 import mdpr.modeling
-from kdreid.benchmark import device_name, profile_model
+from kdreid.benchmark import device_name, profile_model, time_calls
+from kdreid.cli import at_least, check_output_dir, report_user_errors
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
-from kdreid.engine.defaults import report_user_errors
+from kdreid.engine.validation import check_config, check_opts
 from kdreid.errors import UserInputError
-from kdreid.runs import check_output_dir
 from mdpr.layers import SyncFreeCircleSoftmax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,14 +169,12 @@ def time_training(model, batch, steps, amp, device):
             first = {k: float(v) for k, v in model(batch).items()}
         with torch.autocast(device.type, enabled=amp):
             waits = count_device_waits(model, batch, device)
-        train_step(model, optimizer, scaler, batch, amp)  # warm-up
-        times = []
-        for _ in range(steps):
-            _sync(device)
-            start = time.perf_counter()
-            train_step(model, optimizer, scaler, batch, amp)
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        times, _ = time_calls(
+            lambda: train_step(model, optimizer, scaler, batch, amp),
+            warmup=1,
+            iters=steps,
+            device=device,
+        )
     model.load_state_dict(state)
     n = batch["images"].shape[0]
     if device.type == "cuda":
@@ -284,20 +281,16 @@ def parse_args(argv=None):
     parser.add_argument(
         "--config-file", default=os.path.join(REPO, "configs", "MDPR", "DukeMTMC.yml")
     )
-    parser.add_argument("--num-classes", type=int, default=702, help="identities (Duke: 702)")
-    parser.add_argument("--batch", type=int, default=64, help="training batch")
-    parser.add_argument("--eval-batch", type=int, default=None, help="default: TEST batch")
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps")
+    positive = at_least(1)
+    parser.add_argument("--num-classes", type=positive, default=702, help="identities (Duke: 702)")
+    parser.add_argument("--batch", type=positive, default=64, help="training batch")
+    parser.add_argument("--eval-batch", type=positive, default=None, help="default: TEST batch")
+    parser.add_argument("--steps", type=positive, default=3, help="timed training steps")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--output-dir", default=os.path.join(REPO, "logs", "mdpr_speed"))
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options")
-    args = parser.parse_args(argv)
-    for flag in ("--num-classes", "--batch", "--eval-batch", "--steps"):
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and value < 1:
-            parser.error(f"{flag} must be at least 1, got {value}")
-    return args
+    return parser.parse_args(argv)
 
 
 def run(args):
@@ -309,7 +302,9 @@ def run(args):
     """
     cfg = get_cfg()
     merge_from_file(cfg, args.config_file)
+    check_opts(args.opts)
     merge_from_list(cfg, args.opts)
+    check_config(cfg)  # it trains: the checks of a training run (MDPR's among them)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )

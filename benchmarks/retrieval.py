@@ -69,7 +69,8 @@ from _fastreid_cython import load_evaluate_cy
 from fastreid.evaluation.rank import evaluate_py
 from fastreid.utils.compute_dist import build_dist
 
-from kdreid.benchmark import busy_warning
+from kdreid.benchmark import busy_warning, time_calls
+from kdreid.cli import at_least, finite_above
 from kdreid.evaluation import evaluate_rank, re_ranking, re_ranking_features
 from kdreid.evaluation.rerank import DEFAULT_MEMORY_BUDGET, STAGES, pairwise_distance
 
@@ -266,19 +267,12 @@ class Results:
 
 
 def timed(fn, repeats, warmup=1):
-    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed.
+    """:func:`kdreid.benchmark.time_calls`: ``warmup`` untimed calls, then ``repeats`` timed.
 
     Returns:
         tuple[Any, list[float]]: the last result and the seconds of each timed call.
     """
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
+    times, result = time_calls(fn, warmup=warmup, iters=repeats)
     return result, times
 
 
@@ -752,7 +746,9 @@ def parse_args(argv=None):
         default=[name for name in SECTIONS if name not in OPT_IN],
         help="sections to run (default: all but " + ", ".join(OPT_IN) + ")",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method (>= 1)")
+    parser.add_argument(
+        "--repeats", type=at_least(1), default=5, help="timed runs per method (>= 1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument(
         "--with-python",
@@ -761,7 +757,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--scale",
-        type=float,
+        type=finite_above(0),
         default=1.0,
         help="Market-1501 split sizes times this (e.g. 0.125 for a quick try; default 1)",
     )
@@ -773,7 +769,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--memory-budgets",
-        type=int,
+        type=at_least(1),
         nargs="+",
         default=[DEFAULT_MEMORY_BUDGET // 2**20],
         metavar="MIB",
@@ -781,22 +777,18 @@ def parse_args(argv=None):
         f"{DEFAULT_MEMORY_BUDGET // 2**20})",
     )
     parser.add_argument(
-        "--msmt-dim", type=int, default=2048, help="rerank_msmt: feature dimension (default 2048)"
+        "--msmt-dim",
+        type=at_least(1),
+        default=2048,
+        help="rerank_msmt: feature dimension (default 2048)",
     )
     parser.add_argument(
         "--msmt-scale",
-        type=float,
+        type=finite_above(0),
         default=1.0,
         help="rerank_msmt: MSMT17 split sizes times this (default 1)",
     )
-    args = parser.parse_args(argv)
-    if args.scale <= 0 or args.msmt_scale <= 0 or args.msmt_dim < 1:
-        parser.error("--scale and --msmt-scale must be positive, --msmt-dim at least 1")
-    if min(args.memory_budgets) < 1:
-        parser.error(f"--memory-budgets must be at least 1 MiB, got {args.memory_budgets}")
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):

@@ -27,9 +27,9 @@ import os
 import statistics
 import sys
 
-from kdreid.evidence import parse_with_opts
-from kdreid.runs import REPO, check_output_dir, main_of_runs, run_logged
-from speed_kd.runs import STUDENTS, missing_student, train_and_record
+from harness.runs import REPO, main_of_runs, run_logged
+from harness.speedkd import STUDENTS, missing_student, train_and_record
+from kdreid.cli import check_output_dir, parse_with_opts
 from speed_kd.tradeoff import find_records, write_tradeoff
 
 TEACHER_CONFIG = "configs/Synthetic/bagtricks_R18.yml"
@@ -90,10 +90,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     parser.add_argument(
-        "--student", default="resnet18_64x32",
+        "--student", type=student_name, default="resnet18_64x32",
         help="the student of every seed (default resnet18_64x32, the demo's)",
     )  # fmt: skip
-    parser.add_argument("--extra-students", nargs="*", default=[], help="first seed only")
+    parser.add_argument(
+        "--extra-students", type=student_name, nargs="*", default=[], help="first seed only"
+    )
     parser.add_argument("--teacher-weights", default="", help="skip training the teacher")
     parser.add_argument(
         "--output-dir", default="logs/speedkd_evidence", help="default logs/speedkd_evidence"
@@ -101,12 +103,16 @@ def parse_args(argv=None):
     args = parse_with_opts(
         parser, argv, "KEY VALUE for the student runs (MODEL.SPEEDKD.*, KD.*: distilled ones only)"
     )
-    for student in [args.student, *args.extra_students]:
-        if (problem := missing_student(student)) is not None:
-            parser.error(f"student {problem}")
     pairs = list(zip(args.opts[0::2], args.opts[1::2]))
     args.plain_opts = [w for k, v in pairs if not k.startswith(DISTILLATION_KEYS) for w in (k, v)]
     return args
+
+
+def student_name(name):
+    """An argparse ``type``: a student with both configs (alone and distilled)."""
+    if (problem := missing_student(name)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return name
 
 
 def main(argv=None):

@@ -39,6 +39,8 @@ __all__ = [
     "count_macs",
     "measure_latency",
     "measure_throughput",
+    "median_seconds",
+    "time_calls",
     "profile_model",
     "device_name",
     "write_record",
@@ -95,34 +97,81 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return int(counter.get_total_flops()) // (2 * example.shape[0])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def _sync(device) -> None:
+    if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_calls(
+    fn,
+    *,
+    warmup: int = 0,
+    iters: int | None = None,
+    time_budget_s: float = 2.0,
+    device: torch.device | str | None = None,
+    before=None,
+):
+    """Wall-clock seconds of repeated calls of ``fn()``: the one timing loop of kdreid's scripts.
+
+    Args:
+        fn: what is timed, called without arguments.
+        warmup: untimed calls first (allocator, cuDNN autotuning, caches).
+        iters: timed calls; ``None``: time-budgeted, at least ``MIN_ITERS`` calls, then more until
+            ``time_budget_s`` is spent (at most ``MAX_ITERS``).
+        time_budget_s: seconds of timed calls to aim for when ``iters`` is ``None``.
+        device: a CUDA device is synchronised right before and after each call, so a call owns
+            the kernels it queued; ``None`` or the CPU: no synchronisation.
+        before: called before each call, untimed (e.g. to refresh an input the call modifies).
+
+    Returns:
+        (list[float], Any): the seconds of each timed call, and what the last call returned
+        (the previous result is released before each call, so at most one is held).
+
+    Raises:
+        ValueError: a negative ``warmup`` or ``iters`` below 1.
+    """
+    if warmup < 0 or (iters is not None and iters < 1):
+        raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+    times: list[float] = []
+    result = None
+    start = None
+    for step in range(warmup + (iters if iters is not None else MAX_ITERS)):
+        if before is not None:
+            before()
+        result = None
+        _sync(device)
+        tic = time.perf_counter()
+        result = fn()
+        _sync(device)
+        toc = time.perf_counter()
+        if step < warmup:
+            continue
+        start = tic if start is None else start
+        times.append(toc - tic)
+        if iters is None and len(times) >= MIN_ITERS and toc - start >= time_budget_s:
+            break
+    return times, result
+
+
+def median_seconds(fn, **kwargs) -> float:
+    """The median of :func:`time_calls` (same arguments)."""
+    return float(np.median(time_calls(fn, **kwargs)[0]))
 
 
 def _time_forwards(
     model: nn.Module, example: torch.Tensor, warmup: int, iters: int | None, time_budget_s: float
 ) -> list[float]:
     """Seconds of each timed forward pass on a fresh copy of ``example`` (see the module doc)."""
-    if warmup < 0 or (iters is not None and iters < 1):
-        raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
-    times: list[float] = []
     with _eval_mode(model), torch.inference_mode():
         buffer = torch.empty_like(example)
-        start = time.perf_counter()
-        for step in range(warmup + (iters if iters is not None else MAX_ITERS)):
-            buffer.copy_(example)
-            _sync(example.device)
-            tic = time.perf_counter()
-            model(buffer)
-            _sync(example.device)
-            toc = time.perf_counter()
-            if step < warmup:
-                start = toc
-                continue
-            times.append(toc - tic)
-            if iters is None and len(times) >= MIN_ITERS and toc - start >= time_budget_s:
-                break
+        times, _ = time_calls(
+            lambda: model(buffer),
+            warmup=warmup,
+            iters=iters,
+            time_budget_s=time_budget_s,
+            device=example.device,
+            before=lambda: buffer.copy_(example),
+        )
     return times
 
 

@@ -1,16 +1,14 @@
 """Configuration: FastReID's defaults plus kdreid's keys plus every installed project's keys.
 
 Every config in kdreid (the trainer's, a teacher's, a test's) comes from :func:`get_cfg`, so one
-written by any project loads wherever kdreid runs. Projects declare their ``add_<method>_config``
-function as a ``kdreid.config_extensions`` entry point in ``setup.py``; the core never imports a
-project by name.
+written by any project loads wherever kdreid runs. Each installed project adds its keys through its
+:class:`kdreid.projects.Project` entry point; the core never imports a project by name.
 """
 
 import difflib
 import functools
 import logging
 import os
-from importlib.metadata import entry_points
 
 import torch
 import yacs.config
@@ -19,6 +17,7 @@ from fastreid.config import CfgNode
 from fastreid.config import get_cfg as get_fastreid_cfg
 from fastreid.config.config import BASE_KEY
 
+from kdreid import projects
 from kdreid.errors import ConfigError
 
 __all__ = [
@@ -28,12 +27,9 @@ __all__ = [
     "merge_from_file",
     "merge_from_list",
     "resolve_device",
-    "ENTRY_POINT_GROUP",
 ]
 
 logger = logging.getLogger(__name__)
-
-ENTRY_POINT_GROUP = "kdreid.config_extensions"
 
 
 def add_kdreid_config(cfg: CfgNode) -> None:
@@ -94,10 +90,6 @@ def add_kdreid_config(cfg: CfgNode) -> None:
     cfg.KDREID.DISTILL.WARMUP_ITERS = 0
 
 
-def _extensions():
-    return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
-
-
 def get_cfg() -> CfgNode:
     """FastReID's default config with kdreid's and every installed project's keys added.
 
@@ -106,8 +98,8 @@ def get_cfg() -> CfgNode:
     """
     cfg = get_fastreid_cfg()
     add_kdreid_config(cfg)
-    for ep in _extensions():
-        ep.load()(cfg)
+    for project in projects.installed():
+        project.add_config(cfg)
     return cfg
 
 
@@ -136,7 +128,7 @@ def _key_exists(cfg: CfgNode, key: str) -> bool:
 
 # --- int where a float is expected --------------------------------------------------------------
 # yacs refuses an int for a float key ("Type mismatch (<class 'float'> vs. <class 'int'>)"), so
-# `MODEL.SPEEDKD.TEMPERATURE 2` fails where `2.0` works. Both CfgNode.merge_from_list and the
+# `KDREID.DISTILL.TEMPERATURE 2` fails where `2.0` works. Both CfgNode.merge_from_list and the
 # file merge (yacs.config._merge_a_into_b) look up the module-level function
 # yacs.config._check_and_coerce_cfg_value_type at call time, so one wrapper around it, installed
 # once when this module is imported, covers the command line and every config file. It converts an

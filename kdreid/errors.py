@@ -1,9 +1,15 @@
 """Errors raised for bad user input: each message names the file or key and what was expected.
 
-Entry points (``train_net.py``, the demo) print these without a traceback and exit with status 2.
+Entry points (``train_net.py``, the tools, the demo) print these without a traceback and exit with
+status 2 (:func:`report_user_errors`).
 """
 
+import logging
+import sys
+
 __all__ = [
+    "report_user_errors",
+    "user_message",
     "UserInputError",
     "ConfigError",
     "DatasetNotFoundError",
@@ -48,3 +54,44 @@ class OutputDirError(UserInputError, OSError):
 
 class StaleRunError(UserInputError, RuntimeError):
     """An output folder holds a run made with other settings than the ones asked for now."""
+
+
+logger = logging.getLogger("kdreid")
+
+
+def user_message(exc):
+    """The message of a :class:`UserInputError`, without the worker traceback that a data loader
+    process prepends when it re-raises the error in the training process."""
+    message = str(exc)
+    if "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if last.startswith(type(exc).__module__) else last
+    return message
+
+
+def report_user_errors(fn, *args):
+    """Call ``fn(*args)``; bad input ends the process with one ``error:`` line and status 2.
+
+    The traceback goes to the run's log files (``OUTPUT_DIR/log.txt``, where logging to one was
+    set up), not to the console.
+    """
+    try:
+        return fn(*args)
+    except UserInputError as exc:
+        _log_to_files_only("User input error", exc)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _log_to_files_only(message, exc):
+    record = logger.makeRecord(
+        logger.name, logging.DEBUG, __file__, 0, message, None, (type(exc), exc, exc.__traceback__)
+    )
+    seen = set()
+    for name in ("kdreid", "fastreid", ""):
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            if id(handler) in seen or stream in (sys.stdout, sys.stderr, sys.__stdout__, None):
+                continue
+            seen.add(id(handler))
+            handler.handle(record)

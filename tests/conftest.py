@@ -1,6 +1,9 @@
 """Shared fixtures: every test runs on the CPU on data it makes itself, never in the repo."""
 
+import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,45 @@ import kdreid  # noqa: F401  (repairs fastreid before any test imports it)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def load_script_module(path):
+    """A script of the repository (its path relative to the repository root) loaded as a fresh
+    module, without running its ``__main__`` block. The scripts of ``benchmarks/`` import their
+    harness as a sibling package, which pytest's ``pythonpath`` setting makes importable."""
+    name = os.path.splitext(path.replace(os.sep, "_"))[0]
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(path, *argv, datasets_root, timeout=600):
+    """Run the repository's script ``path`` (relative to the root) in its own process, from the
+    root, on the datasets under ``datasets_root``; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, path), *argv],
+        cwd=REPO,
+        env={**os.environ, "FASTREID_DATASETS": str(datasets_root)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script(path)``: the script at ``path`` (relative to the repository root) as a
+    module, loaded once per session (:func:`load_script_module`; tests that change a module's
+    attributes do so with ``monkeypatch``, which puts them back)."""
+    loaded = {}
+
+    def load(path):
+        if path not in loaded:
+            loaded[path] = load_script_module(path)
+        return loaded[path]
+
+    return load
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +102,7 @@ def tiny_teacher(datasets_root, tmp_path_factory):
 def assert_output_dir_refused(main, tmp_path, capsys, sub=""):
     """``main(["--output-dir", X])`` of a script of runs, X a file (or a folder under one): one
     ``error:`` line naming the flag, status 2, nothing printed on stdout."""
-    from kdreid.runs import main_of_runs
+    from harness.runs import main_of_runs
 
     a_file = tmp_path / "a_file"
     a_file.write_text("")

@@ -131,6 +131,34 @@ def test_every_timed_pass_sees_the_original_input():
     assert torch.equal(example, torch.full((1, 4), 200.0))
 
 
+def test_time_calls_counts_warmups_and_holds_one_result():
+    """2 warm-ups and 3 timed calls: 5 calls, 3 times; ``before`` runs before each, untimed; the
+    previous result is released before the next call (at most one held)."""
+    calls, alive = [], [0]
+
+    class Result:
+        def __init__(self):
+            alive[0] += 1
+
+        def __del__(self):
+            alive[0] -= 1
+
+    def fn():
+        calls.append(alive[0])  # results alive while this call runs
+        return Result()
+
+    ticks = []
+    times, last = benchmark.time_calls(fn, warmup=2, iters=3, before=lambda: ticks.append(1))
+    assert len(times) == 3 and len(calls) == 5 == len(ticks)
+    assert calls == [0] * 5 and isinstance(last, Result) and alive == [1]
+
+
+def test_time_calls_measures_the_call():
+    times, _ = benchmark.time_calls(lambda: time.sleep(0.01), iters=3)
+    assert all(0.0095 <= t <= 0.05 for t in times)
+    assert 0.0095 <= benchmark.median_seconds(lambda: time.sleep(0.01), iters=3) <= 0.05
+
+
 def test_timing_validates_counts():
     with pytest.raises(ValueError, match="iters >= 1"):
         measure_latency(Sleeper(), torch.zeros(1), iters=0)
@@ -238,6 +266,7 @@ def test_format_record():
     assert "kept 1.5 CPUs busy" in format_record({**record, "other_cpu_load": 1.5})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
 def test_other_cpu_load_counts_other_processes_not_this_one():
     """This process spinning is not "others"; a child process spinning for the whole block is

@@ -40,6 +40,7 @@ def test_every_fastreid_module_imports():
     assert not failures
 
 
+@pytest.mark.slow
 def test_fastreid_fails_to_import_without_compat():
     """Guards the test above: a fresh interpreter without kdreid cannot import fastreid.data."""
     code = "import fastreid.data"

@@ -21,12 +21,9 @@ The opset printed is the one read back from the written file.
 
 import argparse
 import functools
-import importlib
 import logging
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 import onnx
@@ -34,26 +31,19 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from kdreid.config import get_cfg, merge_from_file, merge_from_list
-from kdreid.engine import load_weights_strict
-from kdreid.engine.checkpoint import prepare_output_dir
-from kdreid.engine.defaults import deployed_model, report_user_errors
+from kdreid.benchmark import median_seconds
+from kdreid.checkpoint import prepare_output_dir
+from kdreid.cli import at_least, build_inference_model, finite_at_least, report_user_errors
+from kdreid.config import get_cfg
 from kdreid.errors import ConfigError, WeightsError
+from kdreid.meta_arch import deployed_model
 
-# Imported for registration of the projects' models; a project that is not installed is skipped.
-for _project in ("speed_kd", "mdpr", "factorized_kd"):
-    try:
-        importlib.import_module(_project)
-    except ModuleNotFoundError as exc:
-        if exc.name != _project:
-            raise
-
-from fastreid.modeling import build_model  # noqa: E402  (after kdreid has repaired fastreid)
+# Imported for registration of the projects' models (each installed project's entry point).
+get_cfg()
 
 __all__ = [
     "ExportMismatchError",
     "ImagesToFeatures",
-    "build_cfg",
     "build_deployable",
     "export",
     "max_opset",
@@ -155,33 +145,26 @@ class ImagesToFeatures(nn.Module):
         return self.model(images.clone())
 
 
-def build_cfg(config_file: str, opts: list[str]):
-    """The config of ``config_file`` plus ``KEY VALUE`` options, for inference on the CPU."""
-    cfg = get_cfg()
-    merge_from_file(cfg, config_file)
-    merge_from_list(cfg, opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.PRETRAIN = False  # the checkpoint holds every weight
-    if cfg.KD.MODEL_CONFIG:  # FastReID's distiller: teachers are training-only
-        cfg.KD.MODEL_CONFIG = []
-        cfg.KD.MODEL_WEIGHTS = []
-    cfg.freeze()
-    return cfg
-
-
-def build_deployable(cfg) -> ImagesToFeatures:
-    """Build the model ``cfg`` describes, load ``MODEL.WEIGHTS`` strictly, wrap it for export.
-
-    Raises:
-        WeightsError: no weights given, or weights that do not fit the model.
-    """
+def _weights_named(cfg):
     if not cfg.MODEL.WEIGHTS:
         raise WeightsError(
             "No weights to export: pass the checkpoint as MODEL.WEIGHTS path/to/model_final.pth."
         )
-    model = build_model(cfg)
-    load_weights_strict(model, cfg.MODEL.WEIGHTS)
-    return ImagesToFeatures(deployed_model(model))  # a distiller deploys its student
+
+
+def build_deployable(config_file: str, opts: list[str]):
+    """The config and the deployed model of ``config_file`` plus ``KEY VALUE`` options, on the CPU,
+    with ``MODEL.WEIGHTS`` loaded strictly, wrapped for export (a distiller deploys its student;
+    teachers are training-only and are not built).
+
+    Returns:
+        (CfgNode, ImagesToFeatures)
+
+    Raises:
+        WeightsError: no weights given, or weights that do not fit the model.
+    """
+    cfg, model = build_inference_model(config_file, opts, device="cpu", check=_weights_named)
+    return cfg, ImagesToFeatures(deployed_model(model))
 
 
 def random_images(batch_size: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -255,20 +238,9 @@ def compare(session, model: ImagesToFeatures, images: torch.Tensor, tolerance: f
     return figures
 
 
-def median_latency_ms(fn, runs: int, warmup: int = 3) -> float:
-    """Median wall-clock time of ``fn()`` over ``runs`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def export(
-    cfg,
+    config_file: str,
+    opts: list[str],
     output: str,
     *,
     batch_size: int = 4,
@@ -276,12 +248,14 @@ def export(
     tolerance: float = DEFAULT_TOLERANCE,
     latency_runs: int = 20,
 ) -> dict:
-    """Export the model of ``cfg`` (weights from ``MODEL.WEIGHTS``) to ``output`` and check it.
+    """Export the model of ``config_file`` and ``opts`` (weights from ``MODEL.WEIGHTS``) to
+    ``output`` and check it.
 
     The file is written next to ``output`` and moved there only once the check has passed.
 
     Args:
-        cfg: a config from :func:`build_cfg`.
+        config_file: the model's config file.
+        opts: ``KEY VALUE`` options, ``MODEL.WEIGHTS`` among them.
         output: the ONNX file to write.
         batch_size: images in the random batch the runtimes are compared on.
         opset: the ONNX opset.
@@ -291,7 +265,8 @@ def export(
     Returns:
         The check's figures (see :func:`compare`) with ``output``, ``input_shape`` (with
         ``batch_size``), ``feature_dim``, ``opset`` and ``torch_ms`` / ``onnxruntime_ms``
-        (median batch-1 latency on the CPU, absent when ``latency_runs`` is 0).
+        (median batch-1 latency on the CPU, absent when ``latency_runs`` is 0), and the
+        ``cfg`` it was built from.
 
     Raises:
         WeightsError: missing or unfitting weights.
@@ -313,8 +288,8 @@ def export(
         raise ConfigError(f"--output '{output}' is a folder; name the ONNX file to write.")
     folder = os.path.dirname(os.path.abspath(output))
     prepare_output_dir(folder)  # before the slow part
+    cfg, model = build_deployable(config_file, opts)
     size = tuple(cfg.INPUT.SIZE_TEST)
-    model = build_deployable(cfg)
     tmp = os.path.join(folder, f".{os.path.basename(output)}.{os.getpid()}.tmp")
     try:
         write_onnx(model, tmp, size, opset)
@@ -335,13 +310,15 @@ def export(
         input_shape=list(images.shape),
         feature_dim=int(session.get_outputs()[0].shape[-1]),
         opset=opset_written,  # as read from the file
+        cfg=cfg,
     )
     if latency_runs > 0:
         single = random_images(1, size, seed=2)
+        timing = {"warmup": 3, "iters": latency_runs}
         with torch.inference_mode():
-            result["torch_ms"] = median_latency_ms(lambda: model(single), latency_runs)
+            result["torch_ms"] = 1000 * median_seconds(lambda: model(single), **timing)
         feed = {INPUT_NAME: single.numpy()}
-        result["onnxruntime_ms"] = median_latency_ms(lambda: session.run(None, feed), latency_runs)
+        result["onnxruntime_ms"] = 1000 * median_seconds(lambda: session.run(None, feed), **timing)
     return result
 
 
@@ -354,42 +331,49 @@ def parse_args(argv=None):
     parser.add_argument(
         "--output", required=True, default=argparse.SUPPRESS, help="the ONNX file to write"
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="images in the check batch")
     parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET,
+        "--batch-size", type=at_least(1), default=4, help="images in the check batch"
+    )
+    parser.add_argument(
+        "--opset", type=opset, default=DEFAULT_OPSET,
         help=f"ONNX opset, {MIN_OPSET} up to the newest the installed onnxruntime runs",
     )  # fmt: skip
     parser.add_argument(
-        "--tolerance", type=float, default=DEFAULT_TOLERANCE,
+        "--tolerance", type=finite_at_least(0), default=DEFAULT_TOLERANCE,
         help="largest difference from PyTorch's features, relative to their largest magnitude "
         "(0 or more)",
     )  # fmt: skip
     parser.add_argument(
-        "--latency-runs", type=int, default=20, help="timed batch-1 runs (0: no timing)"
+        "--latency-runs", type=at_least(0), default=20, help="timed batch-1 runs (0: no timing)"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args(argv)
-    if opset_range_error(args.opset):
-        parser.error(opset_range_error(args.opset))
-    if not (args.tolerance >= 0 and np.isfinite(args.tolerance)):
-        parser.error(f"--tolerance must be a finite number of 0 or more, got {args.tolerance:g}")
-    if args.latency_runs < 0:
-        parser.error(f"--latency-runs must be 0 or more, got {args.latency_runs}")
-    return args
+    return parser.parse_args(argv)
+
+
+def opset(text):
+    """An argparse ``type``: an opset :func:`opset_range_error` accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if opset_range_error(value):
+        raise argparse.ArgumentTypeError(opset_range_error(value).removeprefix("--opset "))
+    return value
 
 
 def run(args) -> dict:
-    cfg = build_cfg(args.config_file, args.opts)
     result = export(
-        cfg,
+        args.config_file,
+        args.opts,
         args.output,
         batch_size=args.batch_size,
         opset=args.opset,
         tolerance=args.tolerance,
         latency_runs=args.latency_runs,
     )
+    size = result["cfg"].INPUT.SIZE_TEST
     print(
-        f"wrote {result['output']}: {INPUT_NAME} [N, 3, {', '.join(map(str, cfg.INPUT.SIZE_TEST))}]"
+        f"wrote {result['output']}: {INPUT_NAME} [N, 3, {', '.join(map(str, size))}]"
         f" float 0-255 -> {OUTPUT_NAME} [N, {result['feature_dim']}], opset {result['opset']}\n"
         f"check at batch {result['input_shape'][0]} (onnxruntime CPU vs PyTorch): max abs diff "
         f"{result['max_abs_diff']:.3g}, relative {result['relative_diff']:.3g}, "

@@ -25,16 +25,16 @@ os.environ.setdefault("FASTREID_DATASETS", "datasets")  # FastReID reads it once
 import kdreid  # noqa: E402, F401  (repairs fastreid before it is imported)
 
 # isort: split
+from fastreid.data.datasets import DATASET_REGISTRY  # noqa: E402
 from fastreid.evaluation import DatasetEvaluator, inference_on_dataset  # noqa: E402
 from fastreid.evaluation.query_expansion import aqe  # noqa: E402
 from fastreid.utils.compute_dist import build_dist  # noqa: E402
 from fastreid.utils.logger import setup_logger  # noqa: E402
 
-from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device  # noqa: E402
-from kdreid.engine import ProgressLoader, Trainer, load_weights_strict  # noqa: E402
-from kdreid.engine.checkpoint import prepare_output_dir  # noqa: E402
-from kdreid.engine.checks import check_config, check_opts, check_registered  # noqa: E402
-from kdreid.engine.defaults import report_user_errors  # noqa: E402
+from kdreid.checkpoint import prepare_output_dir  # noqa: E402
+from kdreid.cli import at_least, build_inference_model, report_user_errors  # noqa: E402
+from kdreid.engine import ProgressLoader, Trainer  # noqa: E402
+from kdreid.engine.validation import check_registered  # noqa: E402
 from kdreid.errors import ConfigError, OutputDirError, UserInputError  # noqa: E402
 from kdreid.evaluation import evaluate_rank  # noqa: E402
 from kdreid.evaluation.visualize import (  # noqa: E402
@@ -66,8 +66,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--dataset", help="test set to draw (default: DATASETS.TESTS[0])")
-    parser.add_argument("--num-queries", type=int, default=20, help="queries to draw (20)")
-    parser.add_argument("--topk", type=int, default=10, help="gallery images per row (10)")
+    parser.add_argument("--num-queries", type=at_least(1), default=20, help="queries to draw (20)")
+    parser.add_argument("--topk", type=at_least(1), default=10, help="gallery images per row (10)")
     parser.add_argument(
         "--order", choices=("worst", "best"), default="worst", help="lowest or highest AP first"
     )
@@ -76,24 +76,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--output-dir", default="logs/ranked_lists", help="folder for the PNGs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args(argv)
-    if args.num_queries < 1 or args.topk < 1:
-        parser.error("--num-queries and --topk must be at least 1")
-    return args
-
-
-def build_cfg(args):
-    cfg = get_cfg()
-    merge_from_file(cfg, args.config_file)
-    check_opts(args.opts)
-    merge_from_list(cfg, args.opts)
-    check_config(cfg, training=False)
-    if args.dataset:
-        check_registered([args.dataset], "--dataset")
-    cfg.MODEL.BACKBONE.PRETRAIN = False  # every weight comes from MODEL.WEIGHTS
-    resolve_device(cfg)
-    cfg.freeze()
-    return cfg
+    return parser.parse_args(argv)
 
 
 def extract(cfg, model, dataset_name):
@@ -151,11 +134,13 @@ def rerank_distances(cfg, reranker, q_feat, g_feat):
 
 
 def run(args):
-    cfg = build_cfg(args)
+    def dataset_registered(cfg):
+        if args.dataset:
+            check_registered(DATASET_REGISTRY, [args.dataset], "--dataset", "dataset")
+
     setup_logger(name="kdreid")  # FastReID's INFO logs (the whole model printed) stay quiet
     reranker = load_reranker() if args.rerank else None
-    model = Trainer.build_model(cfg)
-    load_weights_strict(model, cfg.MODEL.WEIGHTS)
+    cfg, model = build_inference_model(args.config_file, args.opts, check=dataset_registered)
     prepare_output_dir(args.output_dir)  # once the weights are known to fit
     dataset_name = args.dataset or cfg.DATASETS.TESTS[0]
 

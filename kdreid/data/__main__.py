@@ -9,9 +9,8 @@ import logging
 import os
 import time
 
+from kdreid.cli import at_least, check_output_dir, report_user_errors
 from kdreid.data.synthreid import SYNTHREID_SIZES, generate_synthreid
-from kdreid.engine.defaults import report_user_errors
-from kdreid.runs import check_output_dir
 
 
 def main(argv=None):
@@ -24,10 +23,8 @@ def main(argv=None):
         default=os.getenv("FASTREID_DATASETS", "datasets"),
         help="datasets folder (default: $FASTREID_DATASETS or datasets/)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="0 or more (default 0)")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="0 or more (default 0)")
     args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error(f"--seed must be 0 or more, got {args.seed}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the line below says it
     start = time.perf_counter()
     path = report_user_errors(_generate, args)  # bad --root, a folder of another seed: one line

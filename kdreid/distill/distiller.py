@@ -29,6 +29,7 @@ from torch import nn
 from kdreid.distill import losses as L
 from kdreid.distill.teacher import FrozenTeacher, TeacherOutput, build_teachers, embedding_dim
 from kdreid.errors import ConfigError
+from kdreid.meta_arch import MetaArchitecture
 
 __all__ = ["KDReIDDistiller", "LOGIT_LOSSES", "FEATURE_LOSSES"]
 
@@ -47,7 +48,7 @@ _TRAINING_ONLY = "distill."
 
 
 @META_ARCH_REGISTRY.register()
-class KDReIDDistiller(nn.Module):
+class KDReIDDistiller(MetaArchitecture):
     """Distil frozen teachers into a student model.
 
     Args:
@@ -64,6 +65,12 @@ class KDReIDDistiller(nn.Module):
         feature_loss: one of :data:`FEATURE_LOSSES`.
         feature_weight: weight of the feature term.
         relation_weight: weight of the relation term (0: off).
+
+    The config keys are checked by :func:`kdreid.engine.validation.check_config`, the teachers'
+    label spaces against the student's by :func:`~kdreid.engine.validation.check_built`.
+
+    Raises:
+        ValueError: an unknown loss or a temperature that is not positive.
 
     Reference:
         Hinton, Vinyals, Dean, "Distilling the knowledge in a neural network", 2015.
@@ -88,16 +95,15 @@ class KDReIDDistiller(nn.Module):
     ):
         super().__init__()
         if logit_loss not in LOGIT_LOSSES:
-            raise ConfigError(
-                f"Unknown logit distillation loss '{logit_loss}'; valid: {', '.join(LOGIT_LOSSES)}."
+            raise ValueError(
+                f"logit_loss must be one of {', '.join(LOGIT_LOSSES)}; got {logit_loss!r}"
             )
         if feature_loss not in FEATURE_LOSSES:
-            raise ConfigError(
-                f"Unknown feature distillation loss '{feature_loss}'; valid: "
-                f"{', '.join(FEATURE_LOSSES)}."
+            raise ValueError(
+                f"feature_loss must be one of {', '.join(FEATURE_LOSSES)}; got {feature_loss!r}"
             )
-        if temperature <= 0:
-            raise ConfigError(f"The distillation temperature must be > 0, got {temperature}.")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.student = student
         self.teachers = nn.ModuleList(teachers)
         self.ce_weight = ce_weight
@@ -109,17 +115,7 @@ class KDReIDDistiller(nn.Module):
         self.relation_weight = relation_weight
         # Multiplies every distillation term; the DistillationWarmup hook ramps it from 0 to 1.
         self.kd_scale = 1.0
-
-        if self.uses_logits:
-            for teacher in self.teachers:
-                if teacher.num_classes != num_classes:
-                    raise ConfigError(
-                        f"Teacher '{teacher.name}' was trained on {teacher.num_classes} identities "
-                        f"but the student's training set has {num_classes}: logit distillation "
-                        "needs the same label space. Train the teacher on the student's dataset, "
-                        "or distil features only: KDREID.DISTILL.LOGIT_LOSS none "
-                        "KDREID.DISTILL.FEATURE_LOSS l2 KDREID.DISTILL.FEATURE_WEIGHT 1."
-                    )
+        self.num_classes = num_classes
         self.distill = nn.ModuleDict()
         if feature_loss != "none" and feature_weight > 0:
             self.distill["feature_proj"] = nn.ModuleList(
@@ -151,7 +147,8 @@ class KDReIDDistiller(nn.Module):
         }
 
     def deployed_model(self) -> nn.Module:
-        """What is deployed (and benchmarked): the student alone."""
+        """What is deployed (and benchmarked): the student alone (teachers and the training-only
+        ``distill.`` modules left out)."""
         return self.student
 
     @property

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from fastreid.modeling import build_model
 from torch import nn
 
+from kdreid.checkpoint import fit_state_dict, read_state_dict
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
-from kdreid.engine.checkpoint import fit_state_dict, read_state_dict
 from kdreid.errors import ConfigError, WeightsError
 
 __all__ = ["TeacherOutput", "FrozenTeacher", "build_teachers", "embedding_dim"]
@@ -56,9 +56,7 @@ class FrozenTeacher(nn.Module):
     resizes them first.
 
     Args:
-        model: a FastReID-style model (``backbone``, ``heads`` and ``pixel_mean``/``pixel_std``), or
-            any model with a ``distill_outputs(images) -> TeacherOutput`` method that takes
-            normalised images.
+        model: a FastReID-style model (``backbone``, ``heads`` and ``pixel_mean``/``pixel_std``).
         input_size: (H, W) the teacher was trained at; ``None`` keeps the student's size.
         feature_dim: dimension of its retrieval feature (``TeacherOutput.features``).
         name: a label for logs and messages (e.g. its config file).
@@ -129,10 +127,7 @@ class FrozenTeacher(nn.Module):
         Returns:
             TeacherOutput on the teacher's device, without gradients.
         """
-        x = self._normalise(images)
-        if hasattr(self._model, "distill_outputs"):
-            return self._model.distill_outputs(x)
-        return self._embedding_head_outputs(x)
+        return self._embedding_head_outputs(self._normalise(images))
 
     def _embedding_head_outputs(self, x):
         feature_map = self._model.backbone(x)

@@ -2,6 +2,8 @@
 
 from fastreid.engine.train_loop import HookBase
 
+from kdreid.meta_arch import unwrap
+
 __all__ = ["DistillationWarmup"]
 
 
@@ -14,14 +16,15 @@ class DistillationWarmup(HookBase):
     before each step. The scale is a function of the iteration alone, so ``--resume`` continues it.
 
     Args:
-        model: the distiller (or a wrapper of it with a ``.module``).
+        model: a model with distillation terms (:func:`kdreid.meta_arch.distils`), possibly in a
+            DDP wrapper.
         warmup_iters (int): length of the ramp (> 0).
     """
 
     def __init__(self, model, warmup_iters):
         if warmup_iters <= 0:
             raise ValueError(f"warmup_iters must be > 0, got {warmup_iters}")
-        self.model = getattr(model, "module", model)
+        self.model = unwrap(model)
         self.warmup_iters = warmup_iters
 
     def scale(self, iteration):

@@ -1,13 +1,13 @@
 """The trainer every kdreid project uses: FastReID's ``DefaultTrainer`` with kdreid's guarantees.
 
-Compared with ``DefaultTrainer`` it evaluates with kdreid's exact vectorised evaluator and shows
-extraction progress, writes checkpoints atomically, refuses to start from ImageNet weights that are
-not on disk, and reports how far ``--resume`` got.
+Compared with ``DefaultTrainer`` it checks the model and the training set before training
+(:func:`kdreid.engine.validation.check_built`) and ImageNet weights before the model is built,
+writes checkpoints atomically, evaluates with kdreid's exact vectorised evaluator and shows
+extraction progress, logs every ``KDREID.LOG_PERIOD`` iterations, stops its data loader's
+background work on failure, and reports how far ``--resume`` got.
 """
 
-import contextlib
 import logging
-import os
 import queue
 import sys
 import threading
@@ -20,26 +20,21 @@ from fastreid.data.build import (
 )
 from fastreid.data.transforms import build_transforms as fastreid_transforms
 from fastreid.engine import DefaultTrainer, hooks
+from fastreid.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.utils import comm
-from torch import nn
+from fastreid.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from kdreid.compat import checkpoint_format_problem
-from kdreid.engine.checkpoint import AtomicCheckpointer
+from kdreid.checkpoint import AtomicCheckpointer
+from kdreid.engine import validation
 from kdreid.engine.hooks import DistillationWarmup
-from kdreid.errors import ConfigError, UserInputError, WeightsError
+from kdreid.errors import UserInputError
 from kdreid.evaluation import ReidEvaluator
+from kdreid.meta_arch import distils
 
-__all__ = [
-    "Trainer",
-    "ProgressLoader",
-    "check_batch_fits",
-    "check_freeze_layers",
-    "check_pretrain_weights",
-    "check_pretrain_loaded",
-    "stop_prefetching",
-]
+__all__ = ["Trainer", "ProgressLoader", "stop_prefetching"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,98 +68,6 @@ class ProgressLoader:
                 dynamic_ncols=True,
                 leave=False,
             )
-        )
-
-
-def check_pretrain_weights(cfg):
-    """FastReID downloads ImageNet weights when none are named; kdreid never downloads.
-
-    Raises:
-        ConfigError: ``MODEL.BACKBONE.PRETRAIN`` is on and ``PRETRAIN_PATH`` is not a file.
-        WeightsError: ``PRETRAIN_PATH`` is not a PyTorch checkpoint.
-    """
-    if not cfg.MODEL.BACKBONE.PRETRAIN:
-        return
-    path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
-    if not path or not os.path.isfile(path):
-        raise ConfigError(
-            f"MODEL.BACKBONE.PRETRAIN is on but MODEL.BACKBONE.PRETRAIN_PATH "
-            f"('{path}') is not a file. kdreid downloads nothing: put the ImageNet weights on disk "
-            "and name them with MODEL.BACKBONE.PRETRAIN_PATH, or train from scratch with "
-            "MODEL.BACKBONE.PRETRAIN False."
-        )
-    problem = checkpoint_format_problem(path)
-    if problem:
-        raise WeightsError(
-            f"MODEL.BACKBONE.PRETRAIN_PATH '{path}' {problem}: it should hold ImageNet weights "
-            f"for {cfg.MODEL.BACKBONE.NAME}."
-        )
-
-
-@contextlib.contextmanager
-def _recording_lenient_loads():
-    """Record every ``load_state_dict(..., strict=False)`` made inside the block.
-
-    FastReID's backbone builders load ``MODEL.BACKBONE.PRETRAIN_PATH`` that way and only log what
-    did not fit. Yields a list of ``(module, keys of the loaded dict, result or None, error or
-    None)``; the module method is restored when the block ends.
-    """
-    calls = []
-    original = nn.Module.load_state_dict
-
-    def load_state_dict(self, state_dict, strict=True, *args, **kwargs):
-        if strict:
-            return original(self, state_dict, strict, *args, **kwargs)
-        keys = list(state_dict.keys()) if hasattr(state_dict, "keys") else []
-        try:
-            result = original(self, state_dict, strict, *args, **kwargs)
-        except RuntimeError as exc:  # shapes differ: raised whatever ``strict`` says
-            calls.append((self, keys, None, exc))
-            raise
-        calls.append((self, keys, result, None))
-        return result
-
-    nn.Module.load_state_dict = load_state_dict
-    try:
-        yield calls
-    finally:
-        nn.Module.load_state_dict = original
-
-
-def check_pretrain_loaded(cfg, calls, min_fraction=0.5):
-    """The ImageNet weights the backbone builder loaded must be the backbone's.
-
-    Args:
-        cfg: the config (``MODEL.BACKBONE``).
-        calls: what :func:`_recording_lenient_loads` recorded while the model was built.
-        min_fraction (float): the least share of the backbone's parameters the file must provide.
-
-    Raises:
-        WeightsError: the file provides less than ``min_fraction`` of the parameters of the module
-            it was loaded into, or weights of other shapes.
-    """
-    path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
-    expected = f"ImageNet weights for MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME}"
-    if "resnet" in cfg.MODEL.BACKBONE.NAME:
-        expected += f" (DEPTH {cfg.MODEL.BACKBONE.DEPTH})"
-    for module, keys, result, error in calls:
-        if error is not None:
-            raise WeightsError(
-                f"MODEL.BACKBONE.PRETRAIN_PATH '{path}' does not fit the backbone "
-                f"{type(module).__name__}: {str(error).strip()}\nExpected {expected}."
-            ) from error
-        missing = set(result.missing_keys)
-        own = [name for name, _ in module.named_parameters()]
-        provided = sum(name not in missing for name in own)
-        if not own or provided >= min_fraction * len(own):
-            continue
-        example_model = next((name for name in own if name in missing), own[0])
-        example_file = (result.unexpected_keys or keys or ["(none: the file is empty)"])[0]
-        raise WeightsError(
-            f"MODEL.BACKBONE.PRETRAIN_PATH '{path}' provides {provided} of the {len(own)} "
-            f"parameters of the backbone {type(module).__name__} (the backbone has e.g. "
-            f"'{example_model}', the file has e.g. '{example_file}'). Expected {expected}, "
-            "or MODEL.BACKBONE.PRETRAIN False to train from scratch."
         )
 
 
@@ -206,63 +109,53 @@ class _HideUserErrors(logging.Filter):
         return not isinstance(exc, UserInputError)
 
 
-def check_freeze_layers(cfg, model):
-    """FastReID freezes the top-level children named in ``MODEL.FREEZE_LAYERS`` and silently does
-    nothing for a name that is not one (the official MDPR code names ``backbone``, which its model
-    does not have at the top level).
-
-    Raises:
-        ConfigError: ``SOLVER.FREEZE_ITERS`` > 0 and a name is not a top-level child of ``model``.
-    """
-    if cfg.SOLVER.FREEZE_ITERS <= 0 or not cfg.MODEL.FREEZE_LAYERS:
-        return
-    model = getattr(model, "module", model)
-    children = [name for name, _ in model.named_children()]
-    unknown = [name for name in cfg.MODEL.FREEZE_LAYERS if name not in children]
-    if unknown:
-        raise ConfigError(
-            f"MODEL.FREEZE_LAYERS names {unknown}, which {type(model).__name__} does not have; "
-            f"its top-level modules are {children} (or set SOLVER.FREEZE_ITERS 0)."
-        )
-
-
-def check_batch_fits(cfg, dataset):
-    """A training batch must be drawable from ``dataset``.
-
-    Raises:
-        ConfigError: ``SOLVER.IMS_PER_BATCH`` exceeds the training images, or an identity sampler
-            needs more identities per batch (``IMS_PER_BATCH / DATALOADER.NUM_INSTANCE``) than the
-            training set has.
-    """
-    batch = cfg.SOLVER.IMS_PER_BATCH
-    images = len(dataset)
-    if batch > images:
-        raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH {batch} is more than the {images} training images of "
-            f"{', '.join(cfg.DATASETS.NAMES)}: use a smaller batch."
-        )
-    if "Identity" in cfg.DATALOADER.SAMPLER_TRAIN and hasattr(dataset, "pids"):
-        per_batch = batch // cfg.DATALOADER.NUM_INSTANCE
-        identities = len(set(dataset.pids))
-        if per_batch > identities:
-            raise ConfigError(
-                f"{cfg.DATALOADER.SAMPLER_TRAIN} draws SOLVER.IMS_PER_BATCH / "
-                f"DATALOADER.NUM_INSTANCE = {batch} / {cfg.DATALOADER.NUM_INSTANCE} = {per_batch} "
-                f"identities per batch, but the training set has {identities}: use a smaller "
-                "batch or more instances per identity."
-            )
-
-
 class Trainer(DefaultTrainer):
-    """FastReID's default training loop, evaluated by :class:`kdreid.evaluation.ReidEvaluator`."""
+    """FastReID's default training loop, evaluated by :class:`kdreid.evaluation.ReidEvaluator`.
+
+    Built in the order FastReID builds it (training loader, model, optimizer, loop, scheduler,
+    checkpointer, hooks), with the model and the training set checked in between
+    (:func:`~kdreid.engine.validation.check_built`) and kdreid's
+    :class:`~kdreid.checkpoint.AtomicCheckpointer`.
+    """
 
     def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("fastreid").isEnabledFor(logging.INFO):
+            setup_logger()  # as FastReID's trainer does when nothing set logging up
+        data_loader = self.build_train_loader(cfg)
         try:
-            super().__init__(cfg)
+            self._build(cfg, data_loader)
         except BaseException:
-            # The training loader's prefetch thread is started before the hooks are built.
-            self.close()
+            stop_prefetching(data_loader)  # the loop's loader starts its thread when built
             raise
+
+    def _build(self, cfg, data_loader):
+        cfg = self.auto_scale_hyperparams(cfg, data_loader.dataset.num_classes)
+        model = self.build_model(cfg)
+        validation.check_built(cfg, model, data_loader.dataset)
+        optimizer, param_wrapper = self.build_optimizer(cfg, model)
+        if comm.get_world_size() > 1:
+            model = DistributedDataParallel(
+                model, device_ids=[comm.get_local_rank()], broadcast_buffers=False
+            )
+        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop(model, data_loader, optimizer, param_wrapper)
+        self.iters_per_epoch = len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
+        self.checkpointer = AtomicCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            save_to_disk=comm.is_main_process(),
+            optimizer=optimizer,
+            **self.scheduler,
+        )
+        self.start_epoch = 0
+        self.max_epoch = cfg.SOLVER.MAX_EPOCH
+        self.max_iter = self.max_epoch * self.iters_per_epoch
+        self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
+        self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def close(self):
         """Stop the training data loader's background work (idempotent)."""
@@ -270,41 +163,72 @@ class Trainer(DefaultTrainer):
         if trainer is not None:
             stop_prefetching(trainer.data_loader)
 
+    @staticmethod
+    def auto_scale_hyperparams(cfg, num_classes):
+        """``MODEL.HEADS.NUM_CLASSES`` from the training set where the config leaves it 0.
+
+        FastReID's also writes ``config.yaml`` at this point, before the model and the weights are
+        known to fit; the engine writes it once, when they are (:func:`kdreid.engine.main`).
+        """
+        if cfg.MODEL.HEADS.NUM_CLASSES != 0:
+            return cfg
+        cfg = cfg.clone()
+        frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.MODEL.HEADS.NUM_CLASSES = num_classes
+        logger.info("Auto-scaling the num_classes=%d", num_classes)
+        if frozen:
+            cfg.freeze()
+        return cfg
+
     @classmethod
     def build_model(cls, cfg):
-        """FastReID's model; refused when ``MODEL.BACKBONE.PRETRAIN_PATH`` is missing, not a
-        checkpoint, or not weights of this backbone (FastReID would log every key as missing and
-        train from random weights)."""
-        check_pretrain_weights(cfg)
-        if not cfg.MODEL.BACKBONE.PRETRAIN:
+        """FastReID's model, after ``MODEL.BACKBONE.PRETRAIN_PATH`` is checked against the backbone
+        (:func:`~kdreid.engine.validation.check_pretrained`: FastReID would log every key as
+        missing and train from random weights); a load of weights of other shapes is named."""
+        validation.check_pretrained(cfg)
+        try:
             return super().build_model(cfg)
-        with _recording_lenient_loads() as calls:
-            try:
-                model = super().build_model(cfg)
-            except RuntimeError:
-                check_pretrain_loaded(cfg, calls)  # raises WeightsError for a shape mismatch
+        except RuntimeError as exc:
+            error = validation.load_error(cfg, exc)
+            if error is None:
                 raise
-        check_pretrain_loaded(cfg, calls)
-        return model
+            raise error from exc
 
     def build_hooks(self):
-        # DefaultTrainer.__init__ made a plain Checkpointer just before calling this method.
-        old = self.checkpointer
-        self.checkpointer = AtomicCheckpointer(
-            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
-        )
-        check_freeze_layers(self.cfg, self.model)
-        ret = super().build_hooks()
-        for hook in ret:
-            if isinstance(hook, hooks.PeriodicWriter):
-                hook._period = self.cfg.KDREID.LOG_PERIOD
-            if isinstance(hook, hooks.EvalHook) and self.cfg.TEST.EVAL_PERIOD <= 0:
-                # TEST.EVAL_PERIOD 0: evaluate once, after the last epoch (FastReID's hook divides
-                # by the period and fails on 0).
-                hook._period = self.max_epoch + 1
-        warmup = self.cfg.KDREID.DISTILL.WARMUP_ITERS
-        if warmup > 0 and hasattr(getattr(self.model, "module", self.model), "kd_scale"):
+        """FastReID's hooks, in its order: timer, LR schedule, precise BN, layer freezing,
+        evaluation (every ``TEST.EVAL_PERIOD`` epochs; 0: once, after the last), then on the main
+        process checkpoints and metric writers (every ``KDREID.LOG_PERIOD`` iterations); first,
+        for a model with distillation terms, :class:`DistillationWarmup`."""
+        cfg = self.cfg
+        ret = [hooks.IterationTimer(), hooks.LRScheduler(self.optimizer, self.scheduler)]
+        warmup = cfg.KDREID.DISTILL.WARMUP_ITERS
+        if warmup > 0 and distils(self.model):
             ret.insert(0, DistillationWarmup(self.model, warmup))
+        if cfg.TEST.PRECISE_BN.ENABLED and hooks.get_bn_modules(self.model):
+            logger.info("Prepare precise BN dataset")
+            bn_cfg = cfg.clone()
+            bn_cfg.defrost()
+            bn_cfg.DATALOADER.NUM_WORKERS = 0  # as FastReID: memory and time
+            bn_cfg.DATASETS.NAMES = (cfg.TEST.PRECISE_BN.DATASET,)
+            loader = self.build_train_loader(bn_cfg)
+            validation.check_batch_fits(bn_cfg, loader.dataset)
+            ret.append(hooks.PreciseBN(self.model, loader, cfg.TEST.PRECISE_BN.NUM_ITER))
+        if cfg.MODEL.FREEZE_LAYERS and cfg.SOLVER.FREEZE_ITERS > 0:
+            ret.append(
+                hooks.LayerFreeze(self.model, cfg.MODEL.FREEZE_LAYERS, cfg.SOLVER.FREEZE_ITERS)
+            )
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        # FastReID's EvalHook divides by its period: 0 becomes a period past the last epoch.
+        period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else self.max_epoch + 1
+        ret.append(hooks.EvalHook(period, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(hooks.PeriodicWriter(self.build_writers(), cfg.KDREID.LOG_PERIOD))
         return ret
 
     def resume_or_load(self, resume=True):
@@ -355,16 +279,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """FastReID's training loader, refused when no batch can be drawn from the training set
-        (FastReID's identity samplers would then loop forever without yielding)."""
+        """FastReID's training loader, with :meth:`build_transforms`."""
         logger.info("Prepare training set")
-        loader = build_reid_train_loader(
+        return build_reid_train_loader(
             cfg,
             transforms=cls.build_transforms(cfg, is_train=True),
             combineall=cfg.DATASETS.COMBINEALL,
         )
-        check_batch_fits(cfg, loader.dataset)
-        return loader
 
     @classmethod
     def build_transforms(cls, cfg, is_train):
@@ -375,6 +296,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         """FastReID's test loader, with ``DATALOADER.NUM_WORKERS`` workers (FastReID fixes 4)."""
+        # FastReID's build_reid_test_loader(cfg, ...) would hand num_workers to the dataset: its
+        # from_config gives the arguments of the plain call, which takes the worker count.
         kwargs = _test_loader_from_config(
             cfg, dataset_name=dataset_name, transforms=cls.build_transforms(cfg, is_train=False)
         )

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "as_tensor",
     "evaluate_rank",
     "default_chunk_size",
     "DEFAULT_MEMORY_BUDGET",
@@ -119,8 +120,9 @@ def default_chunk_size(num_gallery, memory_budget=DEFAULT_MEMORY_BUDGET):
     return max(1, int(memory_budget) // (BYTES_PER_ENTRY * max(1, num_gallery)))
 
 
-def _as_tensor(array):
-    """A NumPy array or tensor as a tensor, shared in place where torch can share it."""
+def as_tensor(array):
+    """A NumPy array or tensor as a tensor, shared in place where torch can share it (a copy in
+    native byte order where it cannot: read-only, non-native or negatively strided arrays)."""
     if isinstance(array, torch.Tensor):
         return array.detach()
     array = np.asarray(array)
@@ -134,7 +136,7 @@ def _as_tensor(array):
 
 def _as_ids(array, name, expected, expected_what, device):
     """Validate a 1-D integer id array of ``expected`` entries; return it on ``device`` as int64."""
-    ids = _as_tensor(array)
+    ids = as_tensor(array)
     if ids.dim() != 1 or ids.numel() != expected:
         raise ValueError(
             f"{name} must be 1-D with {expected} entries ({expected_what}), "
@@ -166,7 +168,7 @@ def _validate(distmat, q_pids, g_pids, q_camids, g_camids):
     """Check shapes, dtypes and emptiness; return every input on the distmat's device."""
     q_pids, g_pids = _codes(q_pids, g_pids, "pids")
     q_camids, g_camids = _codes(q_camids, g_camids, "camids")
-    dist = _as_tensor(distmat)
+    dist = as_tensor(distmat)
     if dist.dim() != 2:
         raise ValueError(
             f"distmat must be 2-D (num_query, num_gallery), got shape {tuple(dist.shape)}"

@@ -2,9 +2,10 @@
 
 Same results dict as ``fastreid.evaluation.ReidEvaluator`` (Rank-1/5/10, mAP, mINP, metric and,
 with ``TEST.ROC.ENABLED``, TPR@FPR), same config keys (``TEST.METRIC``, ``TEST.AQE.*``,
-``TEST.RERANK.*``, ``TEST.ROC.ENABLED``) and the same multi-process gathering, but it never
-compiles Cython, it logs how long each stage took, and with ``TEST.RERANK.ENABLED`` it re-ranks
-with kdreid's exact sparse k-reciprocal re-ranking and logs the metrics without and with it.
+``TEST.RERANK.*``, ``TEST.ROC.ENABLED``) and the same multi-process gathering, but it ranks
+without FastReID's Cython code (which :mod:`kdreid.compat` keeps FastReID from compiling), it
+logs how long each stage took, and with ``TEST.RERANK.ENABLED`` it re-ranks with kdreid's exact
+sparse k-reciprocal re-ranking and logs the metrics without and with it.
 ``evaluate`` runs named steps, each a method a subclass may override: gather predictions, split
 query and gallery, query expansion, distances, ranking, re-ranking, results.
 """
@@ -53,9 +54,6 @@ class ReidEvaluator(FastReidEvaluator):
         Ye et al., "Deep Learning for Person Re-identification: A Survey and Outlook", TPAMI 2021
         (mINP).
     """
-
-    def _compile_dependencies(self):
-        """Nothing to compile: ranking is :func:`kdreid.evaluation.evaluate_rank`."""
 
     def evaluate(self):
         """Compute the metrics over everything processed since the last ``reset``.

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from kdreid.evaluation.jaccard_triton import jaccard_chunks, segments, sparse_rows
-from kdreid.evaluation.rank import _as_tensor
+from kdreid.evaluation.rank import as_tensor
 from kdreid.evaluation.rerank_rows import FeatureRows, MatrixRows, pairwise_distance, row_blocks
 
 __all__ = ["re_ranking", "re_ranking_features", "pairwise_distance", "DEFAULT_MEMORY_BUDGET"]
@@ -339,7 +339,7 @@ def _check_parameters(k1, k2, lambda_value, memory_budget=DEFAULT_MEMORY_BUDGET)
 def _check_matrices(q_g_dist, q_q_dist, g_g_dist):
     """The three matrices as tensors of one real dtype on one device, with matching shapes."""
     names = ("q_g_dist", "q_q_dist", "g_g_dist")
-    q_g, q_q, g_g = mats = [_as_tensor(m) for m in (q_g_dist, q_q_dist, g_g_dist)]
+    q_g, q_q, g_g = mats = [as_tensor(m) for m in (q_g_dist, q_q_dist, g_g_dist)]
     for name, m in zip(names, mats):
         if m.dim() != 2 or m.is_complex() or m.dtype == torch.bool:
             raise ValueError(f"{name} must be 2-D and real, got {tuple(m.shape)} {m.dtype}")
@@ -359,7 +359,7 @@ def _check_features(q_feat, g_feat, metric):
     """Both feature sets as tensors of one dtype on one device, non-empty, finite, one width."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    q, g = feats = [_as_tensor(q_feat), _as_tensor(g_feat)]
+    q, g = feats = [as_tensor(q_feat), as_tensor(g_feat)]
     for name, f in zip(("q_feat", "g_feat"), feats):
         if f.dim() != 2 or 0 in f.shape or not f.is_floating_point():
             raise ValueError(f"{name} must be 2-D, non-empty, float: {tuple(f.shape)} {f.dtype}")

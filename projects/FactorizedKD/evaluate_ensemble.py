@@ -2,11 +2,12 @@
 
     python projects/FactorizedKD/evaluate_ensemble.py \
         --config-file configs/FactorizedKD/<dataset>/ensemble.yml \
-        MODEL.FKD.TEACHERS "['<dir>/Up1/config.yaml', ...]" \
-        MODEL.FKD.TEACHER_WEIGHTS "['<dir>/Up1/model_final.pth', ...]" OUTPUT_DIR <dir>/ensemble
+        KD.MODEL_CONFIG "['<dir>/Up1/config.yaml', ...]" \
+        KD.MODEL_WEIGHTS "['<dir>/Up1/model_final.pth', ...]" OUTPUT_DIR <dir>/ensemble
 
-``projects/FactorizedKD/train_teachers.py`` prints this command for the teachers it trained. The
-ensemble has no MODEL.WEIGHTS: its weights are its members'.
+``benchmarks/fkd_teachers.py`` prints this command for the teachers it trained. The ensemble has no
+MODEL.WEIGHTS: its weights are its members' (``KD.MODEL_WEIGHTS``). The config, its members'
+configs included, is checked before any member is built (:func:`kdreid.engine.setup`).
 """
 
 import argparse
@@ -15,7 +16,8 @@ from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
 
 from factorized_kd import evaluate_ensemble
-from kdreid.engine.defaults import report_user_errors, setup
+from kdreid.cli import report_user_errors
+from kdreid.engine import setup
 
 
 def main(args):

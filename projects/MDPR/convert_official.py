@@ -27,16 +27,11 @@ from dataclasses import dataclass
 import torch
 
 import mdpr  # noqa: F401  (imported for registration of the MDPR meta-architecture and its keys)
-from kdreid.config import get_cfg, merge_from_file, merge_from_list
-from kdreid.engine.checkpoint import atomic_write, fit_state_dict, read_state_dict
-from kdreid.engine.defaults import report_user_errors
+from kdreid.checkpoint import atomic_write, fit_state_dict, read_state_dict
+from kdreid.cli import build_inference_model, check_output_dir, report_user_errors
 from kdreid.errors import ConfigError, OutputDirError, WeightsError
-from kdreid.runs import check_output_dir
 
-# isort: split
-from fastreid.modeling import build_model
-
-__all__ = ["Conversion", "Hint", "build_cfg", "config_hints", "convert", "main"]
+__all__ = ["Conversion", "Hint", "build_mdpr", "config_hints", "convert", "main"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "MDPR", "DukeMTMC.yml")
@@ -80,8 +75,9 @@ class Conversion:
     dtypes: tuple[str, ...]
 
 
-def build_cfg(config_file: str, opts, num_classes: int):
-    """The config of ``config_file`` plus ``KEY VALUE`` options, for a CPU model with no weights.
+def build_mdpr(config_file: str, opts, num_classes: int):
+    """The config and the MDPR model of ``config_file`` plus ``KEY VALUE`` options, on the CPU,
+    without weights (the converter checks the checkpoint against it itself).
 
     Args:
         config_file: a kdreid config file.
@@ -89,16 +85,20 @@ def build_cfg(config_file: str, opts, num_classes: int):
         num_classes: ``MODEL.HEADS.NUM_CLASSES``, from the checkpoint.
 
     Raises:
-        ConfigError: the file is missing or a key is unknown.
+        ConfigError: the file is missing, a key is unknown, or the config is not an MDPR one.
     """
-    cfg = get_cfg()
-    merge_from_file(cfg, config_file)
-    merge_from_list(cfg, list(opts))
-    cfg.MODEL.BACKBONE.PRETRAIN = False  # every weight comes from the checkpoint
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.HEADS.NUM_CLASSES = num_classes
-    cfg.freeze()
-    return cfg
+
+    def mdpr_only(cfg):
+        if cfg.MODEL.META_ARCHITECTURE != "MDPR":
+            raise ConfigError(
+                f"{config_file} builds a {cfg.MODEL.META_ARCHITECTURE}, not an MDPR model: pass "
+                "an MDPR config with --config-file (configs/MDPR/*.yml)."
+            )
+
+    opts = [*opts, "MODEL.HEADS.NUM_CLASSES", str(num_classes)]
+    return build_inference_model(
+        config_file, opts, device="cpu", load_weights=False, check=mdpr_only
+    )
 
 
 def _indices(state: dict, prefix: str) -> list[int]:
@@ -379,12 +379,7 @@ def convert(src: str, dst: str, config_file: str = DEFAULT_CONFIG, opts=()) -> C
     folder = os.path.dirname(os.path.abspath(dst))
     check_output_dir(folder, "DST's folder")
     state = read_state_dict(src, "SRC")  # the model only; "module." stripped
-    cfg = build_cfg(config_file, opts, _num_classes(state, src))
-    if cfg.MODEL.META_ARCHITECTURE != "MDPR":
-        raise ConfigError(
-            f"{config_file} builds a {cfg.MODEL.META_ARCHITECTURE}, not an MDPR model: pass an "
-            "MDPR config with --config-file (configs/MDPR/*.yml)."
-        )
+    cfg, model = build_mdpr(config_file, opts, _num_classes(state, src))
     state = _drop_pixel_stats(state, cfg, src)
     hints = config_hints(state, cfg)
     if hints:
@@ -395,7 +390,6 @@ def convert(src: str, dst: str, config_file: str = DEFAULT_CONFIG, opts=()) -> C
             + f"\nConvert with these options: {options}"
         )
     _check_finite(state, src)
-    model = build_model(cfg)
     try:
         fit_state_dict(model, state, f"'{src}'")
     except WeightsError as exc:

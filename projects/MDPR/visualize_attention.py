@@ -46,14 +46,11 @@ import mdpr  # noqa: F401  (imported for registration of MDPR; it repairs fastre
 from fastreid.data import build as fastreid_data
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
-from fastreid.modeling import build_model
 
-from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
-from kdreid.data.checks import read_image
-from kdreid.engine.checkpoint import load_weights_strict, prepare_output_dir
-from kdreid.engine.defaults import report_user_errors
+from kdreid.checkpoint import prepare_output_dir
+from kdreid.cli import at_least, build_inference_model, parse_with_opts, report_user_errors
+from kdreid.engine.validation.datasets import read_image
 from kdreid.errors import ConfigError, OutputDirError, UserInputError
-from kdreid.evidence import CONFIG_KEY
 from mdpr.visualize import (
     MIN_PANEL_WIDTH,
     attention_panels,
@@ -65,6 +62,7 @@ from mdpr.visualize import (
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImagePathError",
+    "build_mdpr",
     "collect_images",
     "output_names",
     "visualize",
@@ -142,27 +140,24 @@ def output_names(paths: Sequence[str]) -> list[str]:
 # --- Command line -----------------------------------------------------------------------------
 
 
-def build_cfg(config_file: str, opts: Sequence[str], device: str | None = None):
-    """The frozen config of ``config_file`` plus ``KEY VALUE`` options, for inference.
+def build_mdpr(config_file: str, opts: Sequence[str], device: str | None = None):
+    """The config and the MDPR model of ``config_file`` plus ``KEY VALUE`` options, for inference
+    on ``device`` (None: ``MODEL.DEVICE``), ``MODEL.WEIGHTS`` loaded strictly.
 
     Raises:
         ConfigError: an unknown key, or a model that is not MDPR.
+        WeightsError: no weights, or weights that do not fit.
     """
-    cfg = get_cfg()
-    merge_from_file(cfg, config_file)
-    merge_from_list(cfg, list(opts))
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch != "MDPR":
-        raise ConfigError(
-            f"MODEL.META_ARCHITECTURE is '{arch}' in '{config_file}': this tool draws the "
-            "attention of MDPR models only (MODEL.META_ARCHITECTURE MDPR)."
-        )
-    cfg.MODEL.BACKBONE.PRETRAIN = False  # every weight comes from MODEL.WEIGHTS
-    if device:
-        cfg.MODEL.DEVICE = device
-    resolve_device(cfg)
-    cfg.freeze()
-    return cfg
+
+    def mdpr_only(cfg):
+        arch = cfg.MODEL.META_ARCHITECTURE
+        if arch != "MDPR":
+            raise ConfigError(
+                f"MODEL.META_ARCHITECTURE is '{arch}' in '{config_file}': this tool draws the "
+                "attention of MDPR models only (MODEL.META_ARCHITECTURE MDPR)."
+            )
+
+    return build_inference_model(config_file, opts, device=device, check=mdpr_only)
 
 
 def load_batch(paths: Sequence[str], transform) -> torch.Tensor:
@@ -175,12 +170,18 @@ def load_batch(paths: Sequence[str], transform) -> torch.Tensor:
 
 
 def visualize(
-    cfg, paths: Sequence[str], output: str, scale: int | None = None, with_background: bool = True
+    cfg,
+    model,
+    paths: Sequence[str],
+    output: str,
+    scale: int | None = None,
+    with_background: bool = True,
 ) -> list[str]:
-    """Build the model of ``cfg``, load its weights and write one picture per image.
+    """Write one picture of ``model``'s stripes and attention maps per image.
 
     Args:
-        cfg: a config from :func:`build_cfg` (``MODEL.WEIGHTS`` set).
+        cfg: the model's config (:func:`build_mdpr`).
+        model: the MDPR model, in evaluation mode.
         paths: image files.
         output: folder for the pictures (created).
         scale: panel magnification; None picks the smallest that makes panels at least
@@ -191,9 +192,6 @@ def visualize(
         The PNG files written, in the order of ``paths``.
     """
     prepare_output_dir(output)
-    model = build_model(cfg)
-    load_weights_strict(model, cfg.MODEL.WEIGHTS)
-    model.to(cfg.MODEL.DEVICE).eval()
     transform = build_transforms(cfg, is_train=False)
     names = output_names(paths)
     written = []
@@ -242,35 +240,26 @@ def parse_args(argv=None):
         help="image files or folders (default: query images of DATASETS.TESTS[0])",
     )
     parser.add_argument(
-        "--num-images", type=int, default=8, help="query images drawn without --input (8)"
+        "--num-images", type=at_least(1), default=8, help="query images drawn without --input (8)"
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: MODEL.DEVICE)")
-    parser.add_argument("--scale", type=int, help="panel magnification (default: automatic)")
+    parser.add_argument(
+        "--scale", type=at_least(1), help="panel magnification (default: automatic)"
+    )
     parser.add_argument(
         "--no-background", action="store_true", help="leave out the background maps"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args(argv)
-    # "--input a.jpg MODEL.WEIGHTS m.pth": argparse gives the config options to --input.
-    for i, item in enumerate(args.input):
-        if CONFIG_KEY.fullmatch(item):
-            if i == 0:
-                parser.error("--input needs at least one image or folder before KEY VALUE options")
-            args.input, args.opts = args.input[:i], args.input[i:] + args.opts
-            break
-    if args.num_images < 1:
-        parser.error("--num-images must be at least 1")
-    if args.scale is not None and args.scale < 1:
-        parser.error("--scale must be at least 1")
-    return args
+    # "--input a.jpg MODEL.WEIGHTS m.pth": the config options start at the first key, not in
+    # --input; "--input MODEL.WEIGHTS m.pth" leaves --input empty, a usage error.
+    return parse_with_opts(parser, argv, "config overrides: KEY VALUE ...")
 
 
 def run(args) -> list[str]:
     paths = collect_images(args.input) if args.input else None
-    cfg = build_cfg(args.config_file, args.opts, args.device)
+    cfg, model = build_mdpr(args.config_file, args.opts, args.device)
     if paths is None:
         paths = dataset_queries(cfg, args.num_images)
-    written = visualize(cfg, paths, args.output, args.scale, not args.no_background)
+    written = visualize(cfg, model, paths, args.output, args.scale, not args.no_background)
     print(f"Wrote {len(written)} picture(s) to {args.output} (model on {cfg.MODEL.DEVICE})")
     return written
 

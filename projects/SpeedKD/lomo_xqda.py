@@ -12,7 +12,6 @@ projection per image (batch 1 latency, large-batch throughput), and writes
 import argparse
 import math
 import os
-import time
 
 import cv2
 import numpy as np
@@ -24,11 +23,11 @@ import kdreid  # noqa: F401  (repairs fastreid and registers SynthReID before th
 # isort: split
 from fastreid.data.datasets import DATASET_REGISTRY
 
-from kdreid.benchmark import device_name, write_record
-from kdreid.engine.defaults import report_user_errors
+from kdreid.benchmark import device_name, time_calls, write_record
+from kdreid.cli import at_least, check_output_dir, report_user_errors
+from kdreid.engine.validation import registered_names
 from kdreid.errors import ConfigError, UnreadableImageError
 from kdreid.evaluation import evaluate_rank, re_ranking
-from kdreid.runs import check_output_dir
 from speed_kd.lomo import LOMO
 from speed_kd.xqda import XQDA
 
@@ -53,24 +52,33 @@ def parse_args(argv=None):
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="extraction and throughput (default 64)"
+        "--batch-size", type=at_least(1), default=64, help="extraction and throughput (default 64)"
     )
     parser.add_argument(
         "--rerank",
         nargs=3,
         type=float,
+        action=RerankValues,
         metavar=("K1", "K2", "LAMBDA"),
         help="also k-reciprocal re-ranking of the XQDA distances (FastReID's defaults: 20 6 0.3)",
     )
-    args = parser.parse_args(argv)
-    if args.rerank is not None:  # refused now, not after the whole extraction and fit
-        k1, k2, lam = args.rerank
+    return parser.parse_args(argv)
+
+
+class RerankValues(argparse.Action):
+    """``--rerank K1 K2 LAMBDA``: K1 and K2 whole numbers of at least 1, LAMBDA in [0, 1],
+    refused with the command line, not by ``re_ranking`` after the whole extraction and fit."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        k1, k2, lam = values
         for name, k in (("K1", k1), ("K2", k2)):
             if not (math.isfinite(k) and k >= 1 and k == int(k)):
-                parser.error(f"--rerank {name} must be a whole number of at least 1, got {k:g}")
+                raise argparse.ArgumentError(
+                    self, f"{name} must be a whole number of at least 1, got {k:g}"
+                )
         if not 0 <= lam <= 1:
-            parser.error(f"--rerank LAMBDA must be between 0 and 1, got {lam:g}")
-    return args
+            raise argparse.ArgumentError(self, f"LAMBDA must be between 0 and 1, got {lam:g}")
+        setattr(namespace, self.dest, values)
 
 
 def read_images(paths: list[str]) -> torch.Tensor:
@@ -96,16 +104,6 @@ def extract(extractor, paths, device, batch_size, desc) -> torch.Tensor:
     return torch.cat(features)
 
 
-def _seconds(fn, device) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def time_per_image(extractor, projection, images, device, batch_size) -> tuple[float, float]:
     """Median batch-1 latency (ms) and throughput (images/s) of extraction + projection.
 
@@ -121,11 +119,13 @@ def time_per_image(extractor, projection, images, device, batch_size) -> tuple[f
         return extractor(x) @ projection
 
     embed(images[:1])  # warm-up
-    latencies = [_seconds(lambda i=i: embed(images[i : i + 1]), device) for i in range(len(images))]
+    latencies = [  # each image timed once
+        time_calls(lambda x=images[i : i + 1]: embed(x), iters=1, device=device)[0][0]
+        for i in range(len(images))
+    ]
     batch = images.repeat((batch_size + len(images) - 1) // len(images), 1, 1, 1)[:batch_size]
-    embed(batch)
-    batch_time = np.median([_seconds(lambda: embed(batch), device) for _ in range(REPEATS)])
-    return float(np.median(latencies) * 1000), float(batch_size / batch_time)
+    batch_times, _ = time_calls(lambda: embed(batch), warmup=1, iters=REPEATS, device=device)
+    return float(np.median(latencies) * 1000), float(batch_size / np.median(batch_times))
 
 
 def _metrics(distmat, q_pids, g_pids, q_cams, g_cams):
@@ -165,7 +165,7 @@ def run(
     try:
         dataset_cls = DATASET_REGISTRY.get(dataset)
     except KeyError:
-        names = ", ".join(sorted(DATASET_REGISTRY._obj_map))  # FastReID's Registry lists no names
+        names = ", ".join(registered_names(DATASET_REGISTRY))
         raise ConfigError(f"Unknown dataset {dataset!r}; registered datasets: {names}") from None
     check_output_dir(output_dir)  # not after the whole run, when the record is written
     data = dataset_cls(root=root)

@@ -16,7 +16,7 @@ def _refused(argv, capsys):
 def test_a_negative_seed_is_a_usage_error(tmp_path, capsys):
     """Not numpy's ValueError from the generation, and nothing is created."""
     err = _refused(["--size", "tiny", "--seed", "-1", "--root", str(tmp_path / "d")], capsys)
-    assert "--seed must be 0 or more, got -1" in err and not (tmp_path / "d").exists()
+    assert "argument --seed: must be 0 or more, got -1" in err and not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("sub", ["", "sub"])

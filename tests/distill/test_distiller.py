@@ -8,10 +8,11 @@ import torch
 from fastreid.modeling import build_model
 from fastreid.utils.events import EventStorage
 
+from kdreid.checkpoint import fit_state_dict
 from kdreid.config import get_cfg, merge_from_file, resolve_device
 from kdreid.distill import FrozenTeacher, KDReIDDistiller, kd_kl_loss
-from kdreid.engine import DistillationWarmup, Trainer, main
-from kdreid.engine.checkpoint import fit_state_dict
+from kdreid.engine import Trainer, main
+from kdreid.engine.validation import check_built, check_config
 from kdreid.errors import ConfigError
 
 from ..conftest import REPO
@@ -128,11 +129,13 @@ def test_bad_input(tiny_teacher):
     with pytest.raises(ConfigError, match="trained on 16 identities.*has 5.*same label space"):
         cfg = _cfg(tiny_teacher)
         cfg.MODEL.HEADS.NUM_CLASSES = 5
-        build_model(cfg)
+        check_built(cfg, build_model(cfg))
     with pytest.raises(ConfigError, match="temperature must be > 0"):
-        build_model(_cfg(tiny_teacher, TEMPERATURE=0.0))
+        check_config(_cfg(tiny_teacher, TEMPERATURE=0.0))
     with pytest.raises(ConfigError, match="valid: kl, skl, js, none"):
-        build_model(_cfg(tiny_teacher, LOGIT_LOSS="hinton"))
+        check_config(_cfg(tiny_teacher, LOGIT_LOSS="hinton"))
+    with pytest.raises(ValueError, match="temperature must be > 0"):  # the module itself
+        build_model(_cfg(tiny_teacher, TEMPERATURE=0.0))
     cfg = _cfg(tiny_teacher)
     cfg.KD.MODEL_CONFIG, cfg.KD.MODEL_WEIGHTS = [], []
     distiller = build_model(cfg).train()
@@ -140,13 +143,7 @@ def test_bad_input(tiny_teacher):
         distiller(_batch())
 
 
-def test_warmup_schedule():
-    hook = DistillationWarmup(torch.nn.Linear(1, 1), 4)
-    assert [hook.scale(i) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match="warmup_iters must be > 0"):
-        DistillationWarmup(torch.nn.Linear(1, 1), 0)
-
-
+@pytest.mark.slow
 def test_train_distil_and_deploy(tiny_teacher, fastreid_root, tmp_path):
     """Train through the trainer with a warm-up; the checkpoint evaluates with the plain
     student's config, and --eval-only writes the speed/accuracy record."""

@@ -3,7 +3,6 @@
 import argparse
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -54,6 +53,7 @@ def _args(**kwargs):
     return argparse.Namespace(**base)
 
 
+@pytest.mark.slow
 def test_train_checkpoint_and_eval_only_agree(fastreid_root, tmp_path):
     cfg = _tiny_cfg(tmp_path)
     trainer = Trainer(cfg)
@@ -141,6 +141,7 @@ def test_batches_that_cannot_be_drawn_are_refused(fastreid_root, tmp_path):
         Trainer(cfg)
 
 
+@pytest.mark.slow
 def test_a_run_of_one_iteration(fastreid_root, tmp_path):
     """One iteration per epoch, one epoch: FastReID's metric printer writes twice at that
     iteration before any step time exists, and divided by zero."""
@@ -156,18 +157,20 @@ def test_evaluation_only_architectures_are_not_trained(fastreid_root, tmp_path):
     """A meta-architecture with ``trainable = False`` (FactorizedKD's teacher ensemble) is refused
     for training before anything is built."""
     from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
-    from torch import nn
+
+    from kdreid.meta_arch import MetaArchitecture
 
     name = "KdreidTestEvaluationOnly"
     try:
         META_ARCH_REGISTRY.get(name)
     except KeyError:
-        META_ARCH_REGISTRY.register(type(name, (nn.Module,), {"trainable": False}))
+        META_ARCH_REGISTRY.register(type(name, (MetaArchitecture,), {"trainable": False}))
     args = _args(opts=["MODEL.META_ARCHITECTURE", name, "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(ConfigError, match=f"{name} is an evaluation-only model"):
         main(args)
 
 
+@pytest.mark.slow
 def test_eval_period_zero_evaluates_once_at_the_end(fastreid_root, tmp_path):
     cfg = _tiny_cfg(tmp_path, **{"TEST.EVAL_PERIOD": 0, "SOLVER.MAX_EPOCH": 2})
     trainer = Trainer(cfg)
@@ -198,6 +201,7 @@ def _env(datasets_root):
     return {**os.environ, "FASTREID_DATASETS": str(datasets_root)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("project", PROJECTS)
 def test_every_train_net_trains_a_fastreid_config(project, datasets_root, tmp_path):
     proc = _run(
@@ -218,6 +222,7 @@ def test_every_train_net_trains_a_fastreid_config(project, datasets_root, tmp_pa
     assert (tmp_path / "model_final.pth").is_file()
 
 
+@pytest.mark.slow
 def test_cli_unknown_key_is_named(datasets_root):
     proc = _run(
         "MDPR", "--config-file", TINY, "MODEL.BACKBONE.DEPHT", "18x", env=_env(datasets_root)
@@ -228,24 +233,30 @@ def test_cli_unknown_key_is_named(datasets_root):
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_bad_input_after_logging_started_is_one_line(datasets_root, tmp_path):
     """An error found while building the model (logging is set up by then) prints one line; the
     traceback goes to the run's log file only."""
     mdpr_tiny = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")
+    missing = str(tmp_path / "missing.pth")
     proc = _run(
-        "MDPR", "--config-file", mdpr_tiny, "MODEL.MDPR.NUM_STRIPES", "0",
-        "OUTPUT_DIR", str(tmp_path), env=_env(datasets_root),
+        "MDPR", "--config-file", mdpr_tiny, "MODEL.BACKBONE.PRETRAIN", "True",
+        "MODEL.BACKBONE.PRETRAIN_PATH", missing, "OUTPUT_DIR", str(tmp_path),
+        env=_env(datasets_root),
     )  # fmt: skip
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert out.rstrip().splitlines()[-1] == (
-        "error: MODEL.MDPR.NUM_STRIPES must be at least 1, got 0."
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith(
+        f"error: MODEL.BACKBONE.PRETRAIN is on but MODEL.BACKBONE.PRETRAIN_PATH ('{missing}') is "
+        "not a file."
     )
     assert "Traceback" not in out
     with open(tmp_path / "log.txt") as f:
         assert "Traceback" in f.read()
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_run(datasets_root, tmp_path):
     """SIGKILL a run after its second checkpoint; --resume continues from that epoch to the end."""
     opts = [
@@ -286,21 +297,7 @@ def test_resume_after_a_killed_run(datasets_root, tmp_path):
     assert torch.load(tmp_path / "model_final.pth", weights_only=True)["epoch"] == 5
 
 
-def test_seed_makes_initialisation_repeatable(tmp_path):
-    from kdreid.engine import seed
-
-    cfg = _tiny_cfg(tmp_path, **{"KDREID.SEED": 3, "MODEL.HEADS.NUM_CLASSES": 4})
-    states = []
-    for _ in range(2):
-        seed(cfg)
-        states.append(Trainer.build_model(cfg).state_dict())
-    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    cfg.KDREID.SEED = 4
-    seed(cfg)
-    other = Trainer.build_model(cfg).state_dict()
-    assert not torch.equal(other["backbone.conv1.weight"], states[0]["backbone.conv1.weight"])
-
-
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="needs a machine with fewer than 2 GPUs")
 def test_cli_more_gpus_than_present(datasets_root):
     proc = _run("MDPR", "--config-file", TINY, "--num-gpus", "2", env=_env(datasets_root))
@@ -456,6 +453,7 @@ def test_unreadable_training_image_stops_training(fastreid_root, tmp_path, monke
     assert not trainer.data_loader.iter.is_alive()
 
 
+@pytest.mark.slow
 def test_cli_training_with_missing_weights_is_one_line(datasets_root, tmp_path):
     """It was an AssertionError traceback, then "terminate called without an active exception"
     (the loader's prefetch thread alive at exit) and exit status 134."""
@@ -498,39 +496,7 @@ def test_a_refused_run_leaves_the_folders_config_as_it_was(fastreid_root, tmp_pa
     assert not (fresh / "config.yaml").exists()
 
 
-def test_a_resumed_run_draws_new_batches(tmp_path):
-    """Seeded at its start, a resumed run would replay its first epochs' batches: it is seeded
-    from (seed, epoch) instead, the same way each time."""
-    from kdreid.engine import seed
-
-    cfg = _tiny_cfg(tmp_path, **{"KDREID.SEED": 3})
-    draws = {}
-    for epoch in (0, 2, 2, 3):
-        seed(cfg, epoch)
-        draws.setdefault(epoch, []).append((random.random(), torch.rand(1).item()))
-    assert draws[2][0] == draws[2][1]  # repeatable
-    assert len({d[0] for d in (draws[0][0], draws[2][0], draws[3][0])}) == 3
-    cfg.KDREID.SEED = 4
-    seed(cfg, 2)
-    assert random.random() != draws[2][0][0]
-
-
-def test_output_dir_defaults_to_one_folder_per_config(fastreid_root, tmp_path, monkeypatch):
-    """FastReID's default OUTPUT_DIR, logs/, is shared by every run; unset, it is the config's own
-    folder (its --eval-only runs in eval/ below it), so runs of two configs keep their files."""
-    from kdreid.engine import setup
-
-    monkeypatch.chdir(tmp_path)
-    cfg = setup(_args(opts=["SOLVER.MAX_EPOCH", "1"]))
-    assert cfg.OUTPUT_DIR == os.path.join("logs", "Synthetic", "tiny")
-    assert (tmp_path / "logs" / "Synthetic" / "tiny" / "config.yaml").is_file()
-    assert setup(_args(eval_only=True)).OUTPUT_DIR == os.path.join(cfg.OUTPUT_DIR, "eval")
-    other = tmp_path / "mine.yml"
-    other.write_text(f"_BASE_: {TINY}\n")
-    assert setup(_args(config_file=str(other))).OUTPUT_DIR == os.path.join("logs", "mine")
-    assert setup(_args(opts=["OUTPUT_DIR", "runs/a"])).OUTPUT_DIR == "runs/a"  # set: kept
-
-
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_continue(datasets_root, tmp_path):
     """Ctrl-C (SIGINT) during training: one line on how to continue, no traceback, status 130."""
     opts = ["--config-file", TINY, "SOLVER.MAX_EPOCH", "50", "TEST.EVAL_PERIOD", "100",

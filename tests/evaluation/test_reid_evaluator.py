@@ -70,10 +70,19 @@ def test_logs_durations_and_adds_no_time_key(caplog):
 
 
 def test_never_compiles(monkeypatch):
-    def compile_and_fail(self):
-        raise AssertionError("compiled")
+    """FastReID's evaluator runs ``make`` in site-packages and exits if that fails; kdreid.compat
+    keeps it from compiling, ours included."""
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(FastReidEvaluator, "_compile_dependencies", compile_and_fail)
+    from fastreid.evaluation import rank_cylib
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to compile or exit")
+
+    monkeypatch.setattr(rank_cylib, "compile_helper", refuse)
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(sys, "exit", refuse)
     ReidEvaluator(make_cfg(), NUM_QUERY)
 
 

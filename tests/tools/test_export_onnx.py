@@ -1,6 +1,5 @@
 """tools/export_onnx.py: the ONNX graph reproduces PyTorch's features, at any batch size."""
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -10,8 +9,9 @@ import pytest
 import torch
 from fastreid.modeling import build_model
 
+from kdreid.cli import build_inference_model
 from kdreid.errors import ConfigError, OutputDirError, WeightsError
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script_module
 
 TOOL = os.path.join(REPO, "tools", "export_onnx.py")
 TINY = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
@@ -25,22 +25,15 @@ MOBILENET = [
 ]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_onnx", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script_module("tools/export_onnx.py")  # module level: the tests share its functions
 
 
 def save_checkpoint(path, opts=(), seed=0):
     """A FastReID-style checkpoint ({"model": state dict}) of a model as trained on 10 identities
     (its classifier is not part of the exported graph)."""
-    cfg = tool.build_cfg(TINY, list(opts))
-    cfg.defrost()
-    cfg.MODEL.HEADS.NUM_CLASSES = 10
+    cfg, _ = build_inference_model(
+        TINY, [*opts, "MODEL.HEADS.NUM_CLASSES", "10"], load_weights=False
+    )
     torch.manual_seed(seed)
     model = build_model(cfg)
     with torch.no_grad():  # non-trivial BN statistics, as after training
@@ -57,14 +50,16 @@ def resnet_export(tmp_path_factory):
     """The tiny ResNet-18 config exported once: (config, path, check figures)."""
     folder = tmp_path_factory.mktemp("onnx")
     weights = save_checkpoint(folder / "model_final.pth")
-    cfg = tool.build_cfg(TINY, ["MODEL.WEIGHTS", weights])
+    opts = ["MODEL.WEIGHTS", weights]
     output = str(folder / "model.onnx")
-    result = tool.export(cfg, output, batch_size=3, latency_runs=2)
-    return cfg, output, result
+    result = tool.export(TINY, opts, output, batch_size=3, latency_runs=2)
+    return opts, output, result
 
 
+@pytest.mark.slow
 def test_export_reports_a_passing_check(resnet_export):
-    cfg, output, result = resnet_export
+    _, output, result = resnet_export
+    cfg = result["cfg"]
     assert os.path.isfile(output)
     assert result["input_shape"] == [3, 3, 64, 32]
     assert result["feature_dim"] == cfg.MODEL.BACKBONE.FEAT_DIM == 512
@@ -74,26 +69,30 @@ def test_export_reports_a_passing_check(resnet_export):
     assert not [f for f in os.listdir(os.path.dirname(output)) if f.endswith(".tmp")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_onnx_matches_pytorch_at_any_batch_size(resnet_export, batch_size):
-    cfg, output, _ = resnet_export
+    opts, output, _ = resnet_export
     session = tool.ort_session(output)
     images = tool.random_images(batch_size, (64, 32), seed=batch_size + 10)
-    figures = tool.compare(session, tool.build_deployable(cfg), images, tool.DEFAULT_TOLERANCE)
+    _, model = tool.build_deployable(TINY, opts)
+    figures = tool.compare(session, model, images, tool.DEFAULT_TOLERANCE)
     assert figures["relative_diff"] <= tool.DEFAULT_TOLERANCE
 
 
+@pytest.mark.slow
 def test_another_model_does_not_match(resnet_export, tmp_path):
     """The check can fail: the same architecture with other weights is far beyond tolerance."""
-    cfg, output, _ = resnet_export
-    other = cfg.clone()
-    other.defrost()
-    other.MODEL.WEIGHTS = save_checkpoint(tmp_path / "other.pth", seed=1)
+    _, output, _ = resnet_export
+    _, other = tool.build_deployable(
+        TINY, ["MODEL.WEIGHTS", save_checkpoint(tmp_path / "other.pth", seed=1)]
+    )
     images = tool.random_images(2, (64, 32))
     with pytest.raises(tool.ExportMismatchError, match="differ from PyTorch's at batch 2"):
-        tool.compare(tool.ort_session(output), tool.build_deployable(other), images, 1e-4)
+        tool.compare(tool.ort_session(output), other, images, 1e-4)
 
 
+@pytest.mark.slow
 def test_mobilenet_v1_exports_through_the_command_line(tmp_path, capsys):
     weights = save_checkpoint(tmp_path / "mobilenet.pth", MOBILENET)
     output = tmp_path / "out" / "mobilenet.onnx"
@@ -112,12 +111,12 @@ def test_mobilenet_v1_exports_through_the_command_line(tmp_path, capsys):
 
 def test_weights_that_do_not_fit_are_an_error(tmp_path):
     weights = save_checkpoint(tmp_path / "mobilenet.pth", MOBILENET)
-    cfg = tool.build_cfg(TINY, ["MODEL.WEIGHTS", weights])  # a ResNet-18 config
-    with pytest.raises(WeightsError, match="do not fit"):
-        tool.export(cfg, str(tmp_path / "model.onnx"), latency_runs=0)
+    with pytest.raises(WeightsError, match="do not fit"):  # a ResNet-18 config
+        tool.export(TINY, ["MODEL.WEIGHTS", weights], str(tmp_path / "model.onnx"), latency_runs=0)
     assert os.listdir(tmp_path) == ["mobilenet.pth"]
 
 
+@pytest.mark.slow
 def test_failed_check_exits_1_and_writes_nothing(resnet_export, tmp_path, monkeypatch, capsys):
     """An ONNX file of other weights (the seed-0 export standing in for a broken exporter) fails
     the check: status 1, a message with the figures, and neither the file nor a temporary left."""
@@ -133,6 +132,7 @@ def test_failed_check_exits_1_and_writes_nothing(resnet_export, tmp_path, monkey
     assert sorted(os.listdir(tmp_path)) == ["other.pth"]
 
 
+@pytest.mark.slow
 def test_missing_weights_is_one_line_error(tmp_path):
     output = tmp_path / "model.onnx"
     proc = subprocess.run(
@@ -151,32 +151,33 @@ def test_missing_weights_is_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("where", ["folder", "unwritable"])
 def test_output_that_cannot_be_written_is_refused_before_building(tmp_path, where, monkeypatch):
-    def never(cfg):
+    def never(*args):
         raise AssertionError("the model was built before the output was checked")
 
     monkeypatch.setattr(tool, "build_deployable", never)
-    cfg = tool.build_cfg(TINY, [])
     if where == "folder":
         with pytest.raises(ConfigError, match=f"--output '{tmp_path}' is a folder"):
-            tool.export(cfg, str(tmp_path), latency_runs=0)
+            tool.export(TINY, [], str(tmp_path), latency_runs=0)
     else:
         with pytest.raises(OutputDirError, match="Cannot write the output folder '/proc/x'"):
-            tool.export(cfg, "/proc/x/model.onnx", latency_runs=0)
+            tool.export(TINY, [], "/proc/x/model.onnx", latency_runs=0)
 
 
+@pytest.mark.slow
 def test_printed_opset_is_read_from_the_written_file(resnet_export):
     _, output, result = resnet_export
     assert result["opset"] == tool.written_opset(output) == tool.DEFAULT_OPSET
 
 
+@pytest.mark.slow
 def test_a_file_of_another_opset_is_refused(resnet_export, tmp_path, monkeypatch):
     """The exporter falls back to opset 18 when it cannot write the opset asked for: a file of
     another opset than requested is not kept, rather than reported as the requested one."""
     _, exported, _ = resnet_export
     monkeypatch.setattr(tool, "write_onnx", lambda model, path, *args: shutil.copy(exported, path))
-    cfg = tool.build_cfg(TINY, ["MODEL.WEIGHTS", save_checkpoint(tmp_path / "w.pth")])
+    opts = ["MODEL.WEIGHTS", save_checkpoint(tmp_path / "w.pth")]
     with pytest.raises(tool.ExportMismatchError, match="wrote opset 18, not the opset 20"):
-        tool.export(cfg, str(tmp_path / "model.onnx"), opset=20, latency_runs=0)
+        tool.export(TINY, opts, str(tmp_path / "model.onnx"), opset=20, latency_runs=0)
     assert os.listdir(tmp_path) == ["w.pth"]
 
 
@@ -191,12 +192,18 @@ def test_opset_range():
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--opset", "13"], "--opset must be between 18 and"),
-        (["--opset", "3"], "--opset must be between 18 and"),
-        (["--opset", "99"], "--opset must be between 18 and"),
-        (["--latency-runs", "-3"], "--latency-runs must be 0 or more, got -3"),
-        (["--tolerance", "-1"], "--tolerance must be a finite number of 0 or more, got -1"),
-        (["--tolerance", "nan"], "--tolerance must be a finite number of 0 or more, got nan"),
+        (["--opset", "13"], "argument --opset: must be between 18 and"),
+        (["--opset", "3"], "argument --opset: must be between 18 and"),
+        (["--opset", "99"], "argument --opset: must be between 18 and"),
+        (["--latency-runs", "-3"], "argument --latency-runs: must be 0 or more, got -3"),
+        (
+            ["--tolerance", "-1"],
+            "argument --tolerance: must be a finite number of 0 or more, got -1",
+        ),
+        (
+            ["--tolerance", "nan"],
+            "argument --tolerance: must be a finite number of 0 or more, got nan",
+        ),
     ],
 )
 def test_bad_flags_are_refused_at_parsing(flags, message, capsys):
@@ -216,7 +223,6 @@ def test_bad_flags_are_refused_at_parsing(flags, message, capsys):
     ],
 )
 def test_bad_arguments_to_export_are_config_errors(kwargs, message, tmp_path):
-    cfg = tool.build_cfg(TINY, ["MODEL.WEIGHTS", "unused.pth"])
     with pytest.raises(ConfigError, match=message):
-        tool.export(cfg, str(tmp_path / "model.onnx"), **kwargs)
+        tool.export(TINY, ["MODEL.WEIGHTS", "unused.pth"], str(tmp_path / "model.onnx"), **kwargs)
     assert os.listdir(tmp_path) == []

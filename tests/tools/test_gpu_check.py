@@ -6,6 +6,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 SCRIPT = os.path.join(REPO, "tools", "gpu_check.sh")
@@ -17,6 +19,7 @@ exec "{python}" "$@"
 """
 
 
+@pytest.mark.slow
 def test_install_takes_only_the_missing_wheels_from_the_bundle(tmp_path):
     bundle = tmp_path / "bundle"
     bundle.mkdir()

@@ -1,18 +1,19 @@
 """FactorizedKD (Ren & Li, 2018: factorized distillation from partial-view teachers).
 
 The views (``views``: the one view table, the row rule, the batched device-side crop and the
-per-image transform), the config keys (``config``), the partial-view trainer (``data``), with which
-``train_net.py`` trains and evaluates a teacher on its view, the teachers' ensemble evaluated as one
-model (``ensemble``), and the FD-style holistic student (``student``, with its two factorization
-losses in ``losses``).
+per-image transform), the config keys and their checks (``config``), the partial-view trainer
+(``data``), with which ``train_net.py`` trains and evaluates a teacher on its view, the teachers'
+ensemble evaluated as one model (``ensemble``), and the FD-style holistic student (``student``,
+with its two factorization losses in ``losses``).
 
 Importing the package registers ``FKDEnsemble`` and ``FKDStudent`` in FastReID's
-``META_ARCH_REGISTRY`` (a teacher is a plain FastReID model); the config keys reach
-``kdreid.config.get_cfg`` through the ``kdreid.config_extensions`` entry point in ``setup.py``.
+``META_ARCH_REGISTRY`` (a teacher is a plain FastReID model); the config keys and their checks
+reach the core (``kdreid.config.get_cfg``, :mod:`kdreid.engine.validation`) through
+``factorized_kd.config.PROJECT``, the ``kdreid.projects`` entry point in ``setup.py``.
 """
 
 import kdreid  # noqa: F401  (repairs fastreid before anything imports it)
-from factorized_kd.config import add_factorized_kd_config, check_fkd_config
+from factorized_kd.config import add_factorized_kd_config, check_fkd_config, check_fkd_keys
 from factorized_kd.data import FKDTrainer, build_transforms
 from factorized_kd.ensemble import FKDEnsemble, evaluate_ensemble  # registers FKDEnsemble
 from factorized_kd.losses import feature_factorization_loss, map_factorization_loss
@@ -39,6 +40,7 @@ __all__ = [
     "build_fkd_teachers",
     "build_transforms",
     "check_fkd_config",
+    "check_fkd_keys",
     "crop_view",
     "evaluate_ensemble",
     "feature_factorization_loss",

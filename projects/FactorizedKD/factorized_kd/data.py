@@ -2,7 +2,9 @@
 
 With ``MODEL.FKD.VIEW`` set, every training and test image goes through :class:`ViewCrop` first,
 then through FastReID's own transforms (resize to ``INPUT.SIZE_*``, then, in training, the
-config's augmentation), so a teacher is trained and evaluated on the same view.
+config's augmentation), so a teacher is trained and evaluated on the same view. The view keys are
+checked before anything is built (:func:`factorized_kd.config.check_fkd_config`, stage 1 of every
+run).
 """
 
 import logging
@@ -10,7 +12,6 @@ import logging
 import torchvision.transforms as T
 from fastreid.data.transforms import build_transforms as build_fastreid_transforms
 
-from factorized_kd.config import check_fkd_config
 from factorized_kd.views import ViewCrop
 from kdreid.engine import Trainer
 
@@ -28,11 +29,7 @@ def build_transforms(cfg, is_train=True):
 
     Returns:
         torchvision.transforms.Compose: PIL image -> ``(3, H, W)`` float tensor (0-255).
-
-    Raises:
-        ConfigError: see :func:`factorized_kd.config.check_fkd_config`.
     """
-    check_fkd_config(cfg)
     transforms = build_fastreid_transforms(cfg, is_train=is_train)
     if not cfg.MODEL.FKD.VIEW:
         return transforms
@@ -44,11 +41,6 @@ def build_transforms(cfg, is_train=True):
 
 class FKDTrainer(Trainer):
     """kdreid's trainer whose training and test images are those of ``MODEL.FKD.VIEW``."""
-
-    @classmethod
-    def build_model(cls, cfg):
-        check_fkd_config(cfg)  # before the model and the datasets are built
-        return super().build_model(cfg)
 
     @classmethod
     def build_transforms(cls, cfg, is_train):

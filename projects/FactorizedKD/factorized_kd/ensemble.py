@@ -16,7 +16,9 @@ every member weighs the same whatever its feature dimension.
 A member whose view is ``""`` or ``Holistic`` (e.g. a plain FastReID model) sees the whole image:
 that is how the ensemble includes a holistic model. Members are :class:`FrozenTeacher` s, held
 outside the module tree, so the ensemble has no weights of its own (an empty state dict); its
-weights are those of its members (``MODEL.FKD.TEACHER_WEIGHTS``).
+weights are those of its members. Members are named as every kdreid model's teachers are
+(``KD.MODEL_CONFIG`` / ``KD.MODEL_WEIGHTS``); they are part of the model in evaluation
+(``teachers_at_inference``), so ``--eval-only`` builds them.
 
 Reference:
     Ren & Li, "Factorized Distillation: Training Holistic Person Re-identification Model by
@@ -32,41 +34,33 @@ from fastreid.config import configurable
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
-from factorized_kd.config import check_fkd_config
 from factorized_kd.data import FKDTrainer
 from factorized_kd.views import HOLISTIC, crop_view
 from kdreid.distill.teacher import FrozenTeacher
-from kdreid.engine.defaults import evaluate_only
+from kdreid.engine import evaluate_only
 from kdreid.errors import ConfigError, WeightsError
+from kdreid.meta_arch import MetaArchitecture
 
 __all__ = ["DeployedEnsemble", "FKDEnsemble", "evaluate_ensemble", "member_view"]
 
 logger = logging.getLogger(__name__)
 
 
-def member_view(teacher_cfg, source):
-    """The view and reading of an ensemble member, from its own config.
+def member_view(teacher_cfg):
+    """The view and reading of an ensemble member, from its own config (checked before, by
+    :func:`factorized_kd.config.check_fkd_config`).
 
     Args:
         teacher_cfg (CfgNode): the member's full config (``FrozenTeacher.cfg``).
-        source (str): the member's config file, for messages.
 
     Returns:
         tuple[str, str]: ``(view, reading)``, the view being ``"Holistic"`` for ``""``.
-
-    Raises:
-        ConfigError: an unknown view or reading, or sizes that do not fit the view; the message
-            names ``source``.
     """
-    try:
-        check_fkd_config(teacher_cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"Ensemble member '{source}': {exc}") from None
     return teacher_cfg.MODEL.FKD.VIEW or HOLISTIC, teacher_cfg.MODEL.FKD.VIEW_READING
 
 
 @META_ARCH_REGISTRY.register()
-class FKDEnsemble(nn.Module):
+class FKDEnsemble(MetaArchitecture):
     """Frozen teachers, each on its view, evaluated as one model (evaluation only).
 
     Args:
@@ -74,14 +68,17 @@ class FKDEnsemble(nn.Module):
         views: each member's view (a name of :data:`factorized_kd.views.VIEW_NAMES`).
         readings: each member's view reading (:data:`factorized_kd.views.READINGS`).
 
+    The config keys are checked by :func:`factorized_kd.config.check_fkd_config`.
+
     Raises:
         ValueError: no member, or ``teachers``/``views``/``readings`` of different lengths.
     """
 
-    # It is built complete from its config (its weights are its members') and cannot be trained:
-    # see evaluate_ensemble.
-    needs_weights = False
+    # Evaluation only, built complete from its config (its weights are its members'), and its
+    # members are KD.MODEL_CONFIG's models: see evaluate_ensemble.
     trainable = False
+    needs_weights = False
+    teachers_at_inference = True
 
     @configurable
     def __init__(
@@ -106,33 +103,21 @@ class FKDEnsemble(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        """Members from ``MODEL.FKD.TEACHERS`` (config files) and ``TEACHER_WEIGHTS``.
+        """Members from ``KD.MODEL_CONFIG`` (config files) and ``KD.MODEL_WEIGHTS``.
 
         Raises:
-            ConfigError: no member, lists of different lengths, or a member's unknown view.
+            ValueError: lists of different lengths.
             WeightsError: a member without weights, or weights that do not fit it.
         """
-        configs, weights = list(cfg.MODEL.FKD.TEACHERS), list(cfg.MODEL.FKD.TEACHER_WEIGHTS)
-        if not configs:
-            raise ConfigError(
-                "FKDEnsemble has no member: name the teachers' config files in "
-                "MODEL.FKD.TEACHERS and their checkpoints in MODEL.FKD.TEACHER_WEIGHTS."
-            )
-        if len(configs) != len(weights):
-            raise ConfigError(
-                f"MODEL.FKD.TEACHERS names {len(configs)} config file(s) but "
-                f"MODEL.FKD.TEACHER_WEIGHTS {len(weights)} checkpoint(s): give one checkpoint per "
-                "config, in the same order."
-            )
+        configs, weights = list(cfg.KD.MODEL_CONFIG), list(cfg.KD.MODEL_WEIGHTS)
         teachers, views, readings = [], [], []
-        for i, (config_file, path) in enumerate(zip(configs, weights)):
+        for i, (config_file, path) in enumerate(zip(configs, weights, strict=True)):
             if not path:
                 raise WeightsError(
-                    f"MODEL.FKD.TEACHER_WEIGHTS[{i}] is empty: name the checkpoint of "
-                    f"'{config_file}'."
+                    f"KD.MODEL_WEIGHTS[{i}] is empty: name the checkpoint of '{config_file}'."
                 )
             teacher = FrozenTeacher.from_config(config_file, path)
-            view, reading = member_view(teacher.cfg, config_file)
+            view, reading = member_view(teacher.cfg)
             teachers.append(teacher)
             views.append(view)
             readings.append(reading)
@@ -164,8 +149,8 @@ class FKDEnsemble(nn.Module):
         if mode:
             raise ConfigError(
                 "FKDEnsemble is an evaluation model (frozen teachers): it cannot be trained. "
-                "Train the teachers with projects/FactorizedKD/train_teachers.py, evaluate the "
-                "ensemble with projects/FactorizedKD/evaluate_ensemble.py."
+                "Train the teachers with benchmarks/fkd_teachers.py, evaluate the ensemble with "
+                "projects/FactorizedKD/evaluate_ensemble.py."
             )
         return super().train(False)
 
@@ -228,13 +213,15 @@ class DeployedEnsemble(nn.Module):
 def evaluate_ensemble(cfg, trainer_cls=FKDTrainer, config_file=""):
     """Accuracy of the ensemble ``cfg`` describes and, with ``KDREID.SPEED``, its speed.
 
-    The same as ``train_net.py --eval-only`` (:func:`kdreid.engine.defaults.evaluate_only`)
+    The same as ``train_net.py --eval-only`` (:func:`kdreid.engine.evaluate_only`)
     without ``MODEL.WEIGHTS``: the ensemble's weights are its members'. The record
     (``OUTPUT_DIR/speed_accuracy.json``) counts all members' parameters and multiply-adds and lists
     the members under ``"teachers"``.
 
     Args:
-        cfg (CfgNode): a config with ``MODEL.META_ARCHITECTURE`` FKDEnsemble, its device resolved.
+        cfg (CfgNode): a config with ``MODEL.META_ARCHITECTURE`` FKDEnsemble, its device resolved
+            and checked (:func:`kdreid.engine.validation.check_config`: no ``MODEL.WEIGHTS``, the
+            members named).
         trainer_cls: the trainer whose ``test`` evaluates (its test transforms and evaluator).
         config_file (str): the config's file, for the record.
 
@@ -242,16 +229,11 @@ def evaluate_ensemble(cfg, trainer_cls=FKDTrainer, config_file=""):
         dict: the evaluation results.
 
     Raises:
-        ConfigError: another meta-architecture, or ``MODEL.WEIGHTS`` set (it would be ignored).
+        ConfigError: another meta-architecture.
     """
     if cfg.MODEL.META_ARCHITECTURE != "FKDEnsemble":
         raise ConfigError(
             f"MODEL.META_ARCHITECTURE is '{cfg.MODEL.META_ARCHITECTURE}': evaluate_ensemble "
             "evaluates FKDEnsemble configs (configs/FactorizedKD/<dataset>/ensemble.yml)."
-        )
-    if cfg.MODEL.WEIGHTS:
-        raise ConfigError(
-            f"MODEL.WEIGHTS '{cfg.MODEL.WEIGHTS}' is not used by FKDEnsemble: its weights are its "
-            "members', MODEL.FKD.TEACHER_WEIGHTS. Leave MODEL.WEIGHTS empty."
         )
     return evaluate_only(cfg.clone(), trainer_cls, config_file=config_file)

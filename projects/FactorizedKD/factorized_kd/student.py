@@ -20,16 +20,23 @@ because the paper's available text names them but does not define them:
 Both are summed over the teachers and multiplied by their weight and by ``kd_scale`` (kdreid's
 distillation warm-up). A weight of 0 builds no module and does no work for its term.
 
-Teachers (``MODEL.FKD.TEACHERS`` / ``TEACHER_WEIGHTS``) are :class:`~kdreid.distill.FrozenTeacher`
-s: frozen, in eval mode, outside the checkpoint. Teacher k's view and input size are its own
-config's ``MODEL.FKD.VIEW`` and ``INPUT.SIZE_TEST``; it is fed ``crop_view`` of the very batch the
-student sees (after the loader's augmentation), computed on the device without gradients. Their
-label space does not matter: nothing here uses their logits.
+Teachers (``KD.MODEL_CONFIG`` / ``KD.MODEL_WEIGHTS``, as for every kdreid distiller) are
+:class:`~kdreid.distill.FrozenTeacher` s: frozen, in eval mode, outside the checkpoint. Teacher
+k's view and input size are its own config's ``MODEL.FKD.VIEW`` and ``INPUT.SIZE_TEST``; it is fed
+``crop_view`` of the very batch the student sees (after the loader's augmentation), computed on
+the device without gradients. Their label space does not matter: nothing here uses their logits.
 
 Checkpoints and inference are the plain student's: the state dict has the student's own keys plus
 the factor heads and adapters under ``distill.``, which a plain model skips on load; in evaluation
 and in :meth:`deployed_model` the model is the student alone, so ``--eval-only`` with the plain
-student's config loads an FD checkpoint and measures the plain student's speed.
+student's config loads an FD checkpoint and measures the plain student's speed. So does
+``--eval-only`` with the FD student's own config: its teachers are training-only
+(``teachers_at_inference`` False), so it is built without them, and without factor heads or
+adapters, whose keys the load skips.
+
+The config is checked before anything is built (:func:`factorized_kd.config.check_fkd_config`,
+the teachers' own configs included); the loader names a teacher without a checkpoint or with one
+that does not fit.
 """
 
 import logging
@@ -41,58 +48,48 @@ from fastreid.config import configurable
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
-from factorized_kd.config import FACTOR_MODES, check_fkd_config, is_partial
 from factorized_kd.losses import feature_factorization_loss, map_factorization_loss
 from factorized_kd.views import HOLISTIC, crop_view, view_fractions, view_rows
 from kdreid.distill import FrozenTeacher, KDReIDDistiller, TeacherOutput
 from kdreid.distill.teacher import embedding_dim
 from kdreid.errors import ConfigError, WeightsError
 
-__all__ = ["FKDStudent", "build_fkd_teachers"]
+__all__ = ["FACTOR_MODES", "FKDStudent", "build_fkd_teachers"]
 
 logger = logging.getLogger(__name__)
 
+FACTOR_MODES = ("linear", "split")
+"""How the student's feature is factorized per teacher (``MODEL.FKD.FACTOR_MODE``)."""
 
-def build_fkd_teachers(config_files, weights, reading="stripes"):
-    """Build the partial teachers of ``MODEL.FKD.TEACHERS`` and check their views.
+
+def build_fkd_teachers(config_files, weights):
+    """Build the teachers of ``KD.MODEL_CONFIG`` / ``KD.MODEL_WEIGHTS`` and read their views.
+
+    The configs were checked before (:func:`factorized_kd.config.check_fkd_config`: a view each,
+    the student's reading); here the checkpoints are read.
 
     Args:
         config_files (Sequence[str]): one config per teacher. Name the ``config.yaml`` a teacher's
             run wrote to its ``OUTPUT_DIR``: it records the view given on its command line.
         weights (Sequence[str]): one checkpoint per config, same order.
-        reading (str): the student's ``MODEL.FKD.VIEW_READING``; every teacher must share it.
 
     Returns:
-        tuple[list[FrozenTeacher], list[str]]: the teachers and their views.
+        tuple[list[FrozenTeacher], list[str]]: the teachers and their views (none for no config:
+        a student built for evaluation).
 
     Raises:
-        ConfigError: no teacher; unequal list lengths; a teacher config without a view (``''``; a
-            holistic teacher says ``Holistic``), with an unknown view, with ``INPUT.SIZE_*`` other
-            than its ``VIEW_SIZE``, or with another view reading than the student's.
+        ValueError: ``config_files`` and ``weights`` of different lengths.
         WeightsError: a teacher without a checkpoint, or one that does not fit its config.
     """
-    config_files, weights = list(config_files), list(weights)
-    if not config_files:
-        raise ConfigError(
-            "FKDStudent has no teacher: name the teachers' configs in MODEL.FKD.TEACHERS and their "
-            "checkpoints in MODEL.FKD.TEACHER_WEIGHTS. (To evaluate a trained FD student, use the "
-            "plain student's config: the checkpoint has its keys.)"
-        )
-    if len(weights) != len(config_files):
-        raise ConfigError(
-            f"MODEL.FKD.TEACHERS names {len(config_files)} config(s) but "
-            f"MODEL.FKD.TEACHER_WEIGHTS {len(weights)} checkpoint(s): give one checkpoint per "
-            "teacher config, in the same order."
-        )
     teachers, views = [], []
-    for config_file, path in zip(config_files, weights):
+    for config_file, path in zip(config_files, weights, strict=True):
         if not path:
             raise WeightsError(
-                f"Teacher '{config_file}' has no checkpoint: MODEL.FKD.TEACHER_WEIGHTS must name "
-                "one per MODEL.FKD.TEACHERS entry."
+                f"Teacher '{config_file}' has no checkpoint: KD.MODEL_WEIGHTS must name one per "
+                "KD.MODEL_CONFIG entry."
             )
         teacher = FrozenTeacher.from_config(config_file, path)
-        views.append(_teacher_view(teacher, reading))
+        views.append(teacher.cfg.MODEL.FKD.VIEW)
         teachers.append(teacher)
     repeated = sorted({v for v in views if views.count(v) > 1})
     if repeated:
@@ -102,29 +99,6 @@ def build_fkd_teachers(config_files, weights, reading="stripes"):
             ", ".join(repeated),
         )
     return teachers, views
-
-
-def _teacher_view(teacher, reading):
-    """Teacher's view from its config, after checking the config against itself and ``reading``."""
-    cfg = teacher.cfg
-    view = cfg.MODEL.FKD.VIEW
-    if not view:
-        raise ConfigError(
-            f"Teacher '{teacher.name}' has no view (its MODEL.FKD.VIEW is ''): name the "
-            "config.yaml its training run wrote, which records the view given on the command "
-            "line; a holistic teacher says MODEL.FKD.VIEW Holistic."
-        )
-    try:
-        check_fkd_config(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"Teacher '{teacher.name}': {exc}") from exc
-    if cfg.MODEL.FKD.VIEW_READING != reading:
-        raise ConfigError(
-            f"Teacher '{teacher.name}' was trained with MODEL.FKD.VIEW_READING "
-            f"'{cfg.MODEL.FKD.VIEW_READING}' but the student reads views as '{reading}': its "
-            "crops and the student's rows would differ. Use the same reading for both."
-        )
-    return view
 
 
 @META_ARCH_REGISTRY.register()
@@ -140,7 +114,8 @@ class FKDStudent(KDReIDDistiller):
     Args:
         student: a FastReID meta-architecture; its head (``head``) takes the last feature map
             (N, C, h, w) and returns FastReID's training outputs with ``features`` (N, D).
-        teachers: K frozen teachers, each with its ``input_size`` (h_k, w_k).
+        teachers: K frozen teachers, each with its ``input_size`` (h_k, w_k); none builds the
+            student alone, for evaluation (it cannot be trained).
         views: K view names (:data:`~factorized_kd.views.VIEW_NAMES`), teacher k's view.
         teacher_map_channels: K channel counts C_k of the teachers' last feature maps.
         student_dim: D, the dimension of the student's ``features``.
@@ -152,9 +127,11 @@ class FKDStudent(KDReIDDistiller):
         feat_weight: weight of ``L_feat`` (0: off).
         map_weight: weight of ``L_map`` (0: off).
 
+    The config keys are checked by :func:`factorized_kd.config.check_fkd_config`.
+
     Raises:
-        ConfigError: no teacher, mismatched lengths, a teacher without an input size, a negative
-            weight, an unknown factor mode, or ``split`` with teachers' dims not adding up to D.
+        ValueError: mismatched lengths, a teacher without an input size, a negative weight, an
+            unknown factor mode, or ``split`` with teachers' dims not adding up to D.
 
     Reference:
         Ren & Li, "Factorized Distillation: Training Holistic Person Re-identification Model by
@@ -204,12 +181,10 @@ class FKDStudent(KDReIDDistiller):
             self.distill["feature_factors"] = nn.ModuleList(
                 nn.Linear(student_dim, d, bias=False) for d in dims
             )
-        if feat_weight > 0 and factor_mode == "split" and sum(dims) != student_dim:
-            raise ConfigError(
-                f"MODEL.FKD.FACTOR_MODE split cuts the student's {student_dim}-d feature into one "
-                f"channel group per teacher, of the teachers' dims {dims}, which add up to "
-                f"{sum(dims)}: make them add up to {student_dim} (MODEL.HEADS.EMBEDDING_DIM of "
-                "the teachers or of the student), or use FACTOR_MODE linear."
+        if feat_weight > 0 and factor_mode == "split" and dims and sum(dims) != student_dim:
+            raise ValueError(
+                f"factor_mode 'split' cuts the {student_dim}-d student feature into the teachers' "
+                f"dims {dims}, which add up to {sum(dims)}, not to student_dim {student_dim}"
             )
         if map_weight > 0:
             self.distill["map_adapters"] = nn.ModuleList(
@@ -223,19 +198,8 @@ class FKDStudent(KDReIDDistiller):
 
     @classmethod
     def from_config(cls, cfg):
-        check_fkd_config(cfg)
         f = cfg.MODEL.FKD
-        if is_partial(cfg):
-            raise ConfigError(
-                f"The FD-style student is holistic, but its MODEL.FKD.VIEW is '{f.VIEW}': leave it "
-                "'' (the view belongs in each teacher's config)."
-            )
-        if len(cfg.KD.MODEL_CONFIG) or len(cfg.KD.MODEL_WEIGHTS):
-            raise ConfigError(
-                "FKDStudent takes its teachers from MODEL.FKD.TEACHERS / TEACHER_WEIGHTS; "
-                "KD.MODEL_CONFIG and KD.MODEL_WEIGHTS (KDReIDDistiller's) must stay empty."
-            )
-        teachers, views = build_fkd_teachers(f.TEACHERS, f.TEACHER_WEIGHTS, f.VIEW_READING)
+        teachers, views = build_fkd_teachers(cfg.KD.MODEL_CONFIG, cfg.KD.MODEL_WEIGHTS)
         return {
             "student": META_ARCH_REGISTRY.get(cfg.KDREID.DISTILL.STUDENT)(cfg),
             "teachers": teachers,
@@ -273,6 +237,11 @@ class FKDStudent(KDReIDDistiller):
         """The student's output in evaluation; in training its losses plus ``loss_fkd_*``."""
         if not self.training:
             return self.student(batched_inputs)
+        if len(self.teachers) == 0:
+            raise ConfigError(
+                "FKDStudent has no teacher to learn from: name the teachers' configs in "
+                "KD.MODEL_CONFIG and their checkpoints in KD.MODEL_WEIGHTS."
+            )
         teacher_outputs = None
         if self.uses_teachers:
             # Teachers first: FastReID's preprocessing normalises the batch in place.
@@ -398,23 +367,18 @@ class FKDStudent(KDReIDDistiller):
 
 
 def _check_arguments(teachers, views, map_channels, factor_mode, feat_weight, map_weight):
-    if len(teachers) == 0:
-        raise ConfigError(
-            "FKDStudent has no teacher: name the teachers' configs in MODEL.FKD.TEACHERS and "
-            "their checkpoints in MODEL.FKD.TEACHER_WEIGHTS."
-        )
     if not len(views) == len(map_channels) == len(teachers):
-        raise ConfigError(
+        raise ValueError(
             f"FKDStudent needs one view and one map width per teacher: {len(teachers)} "
-            f"teacher(s), {len(views)} view(s), {len(map_channels)} map width(s)."
+            f"teacher(s), {len(views)} view(s), {len(map_channels)} map width(s)"
         )
     missing = [t.name for t in teachers if t.input_size is None]
     if missing:
-        raise ConfigError(f"Teacher(s) {', '.join(missing)} have no input size to crop to.")
+        raise ValueError(f"teacher(s) {', '.join(missing)} have no input size to crop to")
     if factor_mode not in FACTOR_MODES:
-        raise ConfigError(
-            f"MODEL.FKD.FACTOR_MODE '{factor_mode}' is not one of: {', '.join(FACTOR_MODES)}."
+        raise ValueError(
+            f"factor_mode must be one of {', '.join(FACTOR_MODES)}; got {factor_mode!r}"
         )
-    for key, value in (("FEAT_WEIGHT", feat_weight), ("MAP_WEIGHT", map_weight)):
+    for name, value in (("feat_weight", feat_weight), ("map_weight", map_weight)):
         if not value >= 0:
-            raise ConfigError(f"MODEL.FKD.{key} must be >= 0 (0 turns its term off), got {value}.")
+            raise ValueError(f"{name} must be >= 0 (0 turns its term off), got {value}")

@@ -39,8 +39,9 @@ from fastreid.modeling.losses import triplet_loss
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
-from kdreid.engine.checkpoint import read_state_dict
-from kdreid.errors import ConfigError, WeightsError
+from kdreid.checkpoint import read_state_dict
+from kdreid.errors import WeightsError
+from kdreid.meta_arch import MetaArchitecture
 from mdpr.layers import (
     CBR,
     AttentionGuide,
@@ -293,7 +294,7 @@ class Fusion(nn.Module):
 
 
 @META_ARCH_REGISTRY.register()
-class MDPR(nn.Module):
+class MDPR(MetaArchitecture):
     """Mutual distillation of a hard-content (stripes) and a soft-content (attention) branch.
 
     In training, ``forward`` returns the loss terms under the official names (19 with the
@@ -304,7 +305,10 @@ class MDPR(nn.Module):
     evaluation it returns the (B, (P + 3) E + 4E) descriptor (no fusion: (P + 3) E).
 
     Config: ``MODEL.MDPR.*`` (see :mod:`mdpr.config`), FastReID's ``MODEL.BACKBONE.*`` (a ResNet),
-    ``MODEL.HEADS.*`` (pooling, classifier, scale, margin, BN-neck) and ``MODEL.LOSSES.*``.
+    ``MODEL.HEADS.*`` (pooling, classifier, scale, margin, BN-neck) and ``MODEL.LOSSES.*``; the
+    values are checked before anything is built (:func:`mdpr.config.check_mdpr_config`).
+    Trained and evaluated as kdreid's engine does by default (:class:`MetaArchitecture`); what
+    it deploys leaves out the training-only modules (:meth:`deployed_model`).
     """
 
     @configurable
@@ -348,20 +352,23 @@ class MDPR(nn.Module):
         """
         super().__init__()
         if not isinstance(backbone, ResNet):
-            raise ConfigError(
-                "MDPR splits a FastReID ResNet trunk after layer2: MODEL.BACKBONE.NAME must be "
-                f"build_resnet_backbone (got a {type(backbone).__name__})."
+            raise ValueError(
+                "backbone must be a FastReID ResNet, which MDPR splits after layer2; got a "
+                f"{type(backbone).__name__}"
             )
-        if any(name.startswith("NL_") for name, _ in backbone.named_children()):
-            raise ConfigError(
-                "MDPR's trunk has no non-local blocks (the official model drops them): set "
-                "MODEL.BACKBONE.WITH_NL False."
+        non_local = [name for name, _ in backbone.named_children() if name.startswith("NL_")]
+        if non_local:
+            raise ValueError(
+                f"backbone has non-local blocks ({', '.join(non_local)}), which MDPR's trunk does "
+                "not have (the official model drops them): build the ResNet without them"
             )
-        for key, value in (("NUM_STRIPES", num_stripes), ("NUM_PARTS", num_parts)):
+        for name, value in (
+            ("num_stripes", num_stripes),
+            ("num_parts", num_parts),
+            ("embedding_dim", embedding_dim),
+        ):
             if value < 1:
-                raise ConfigError(f"MODEL.MDPR.{key} must be at least 1, got {value}.")
-        if embedding_dim < 1:
-            raise ConfigError(f"MODEL.MDPR.EMBEDDING_DIM must be at least 1, got {embedding_dim}.")
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self.embedding_dim = embedding_dim
         self.num_stripes = num_stripes
         self.num_parts = num_parts
@@ -415,33 +422,10 @@ class MDPR(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        """The arguments of ``cfg`` (checked by :func:`mdpr.config.check_mdpr_config`); the trunk
+        gets ``MODEL.BACKBONE.PRETRAIN_PATH`` strictly (:func:`load_trunk_weights`)."""
         m = cfg.MODEL.MDPR
         b = cfg.MODEL.BACKBONE
-        if b.NAME != "build_resnet_backbone":
-            raise ConfigError(
-                "MDPR splits a FastReID ResNet trunk after layer2: MODEL.BACKBONE.NAME must be "
-                f"build_resnet_backbone, got {b.NAME}."
-            )
-        if m.NUM_STRIPES < 1:
-            raise ConfigError(f"MODEL.MDPR.NUM_STRIPES must be at least 1, got {m.NUM_STRIPES}.")
-        for key in ("SIZE_TRAIN", "SIZE_TEST"):
-            height = cfg.INPUT[key][0]
-            rows = final_map_rows(height, b.LAST_STRIDE)
-            if m.NUM_STRIPES > rows:
-                raise ConfigError(
-                    f"MODEL.MDPR.NUM_STRIPES {m.NUM_STRIPES} is more than the {rows} rows of the "
-                    f"final feature map for INPUT.{key} height {height} (LAST_STRIDE "
-                    f"{b.LAST_STRIDE}): use at most {rows} stripes."
-                )
-        if m.FUSION and b.LAST_STRIDE != 1:
-            raise ConfigError(
-                "MODEL.MDPR.FUSION concatenates the level-3 and level-4 maps, which have the same "
-                "size only with MODEL.BACKBONE.LAST_STRIDE 1 (got "
-                f"{b.LAST_STRIDE}); set LAST_STRIDE 1 or FUSION False."
-            )
-        for key in ("DIVERSITY_WEIGHT", "MASS_WEIGHT", "DISTILLATION_WEIGHT", "BAP_WEIGHT"):
-            if m[key] < 0:
-                raise ConfigError(f"MODEL.MDPR.{key} must be >= 0, got {m[key]}.")
         trunk_cfg = cfg.clone()
         trunk_cfg.defrost()
         trunk_cfg.MODEL.BACKBONE.PRETRAIN = False  # loaded below, strictly

@@ -4,7 +4,9 @@ FastReID ships MobileNet v2 and v3 but not v1, the student family of SpeedKD. Th
 paper's feature extractor (its Table 1 without the average pool and the classifier): a 3×3 stride-2
 convolution and 13 depthwise-separable blocks, each convolution followed by BN and ReLU. The width
 multiplier α thins every layer to ``int(α·C)`` channels, so the output has ``int(1024·α)``
-channels: ``MODEL.BACKBONE.FEAT_DIM`` must be 1024, 768, 512 or 256 for α = 1.0, 0.75, 0.5, 0.25.
+channels: ``MODEL.BACKBONE.FEAT_DIM`` must be 1024, 768, 512 or 256 for α = 1.0, 0.75, 0.5, 0.25
+(checked with the other ``MODEL.BACKBONE`` keys before anything is built, by
+:func:`speed_kd.config.check_speed_kd_config`).
 
 As FastReID's ResNet does for ReID, ``MODEL.BACKBONE.LAST_STRIDE 1`` removes the last
 downsampling (block 12), doubling the final map's height and width (total stride 16 instead of 32).
@@ -24,8 +26,8 @@ from fastreid.layers import get_norm
 from fastreid.modeling.backbones.build import BACKBONE_REGISTRY
 from torch import nn
 
-from kdreid.engine.checkpoint import fit_state_dict, read_state_dict
-from kdreid.errors import ConfigError, WeightsError
+from kdreid.checkpoint import fit_state_dict, read_state_dict
+from kdreid.errors import WeightsError
 
 __all__ = [
     "WIDTH_MULTIPLIERS",
@@ -33,6 +35,8 @@ __all__ = [
     "MobileNetV1",
     "build_speedkd_mobilenetv1_backbone",
     "load_pretrained",
+    "output_channels",
+    "width_multiplier",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,23 @@ BLOCKS = (
     (1024, 1),
 )
 STEM_CHANNELS = 32
+
+
+def width_multiplier(depth: str) -> float:
+    """The width multiplier α that ``depth`` ("1.0x", "0.75x", "0.5x" or "0.25x") names.
+
+    Raises:
+        ValueError: another name.
+    """
+    if depth not in WIDTH_MULTIPLIERS:
+        raise ValueError(f"depth must be one of {', '.join(WIDTH_MULTIPLIERS)}; got {depth!r}")
+    return WIDTH_MULTIPLIERS[depth]
+
+
+def output_channels(width_mult: float) -> int:
+    """Channels of :class:`MobileNetV1`'s output map at width multiplier α: ``int(1024·α)``."""
+    return int(BLOCKS[-1][0] * width_mult)
+
 
 # Keys of an ImageNet classifier that a backbone checkpoint may carry; they are not the backbone's.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.")
@@ -211,33 +232,19 @@ def build_speedkd_mobilenetv1_backbone(cfg) -> MobileNetV1:
 
     Reads ``DEPTH`` (the width multiplier, "1.0x", "0.75x", "0.5x" or "0.25x"), ``NORM``,
     ``LAST_STRIDE``, and ``PRETRAIN`` / ``PRETRAIN_PATH`` (ImageNet weights, see
-    :func:`load_pretrained`). ``FEAT_DIM`` must equal the output channels, ``int(1024·α)``.
+    :func:`load_pretrained`). ``FEAT_DIM`` (FastReID's head reads it) must equal the output
+    channels, ``int(1024·α)``. The keys are checked before anything is built
+    (:func:`speed_kd.config.check_speed_kd_config`).
 
     Raises:
-        ConfigError: an unknown ``DEPTH``, a ``LAST_STRIDE`` other than 1 or 2, or a
-            ``FEAT_DIM`` other than the output channels.
+        ValueError: an unknown ``DEPTH`` or a ``LAST_STRIDE`` other than 1 or 2 (the config was
+            not checked).
         WeightsError: the pretrained weights are missing or do not fit.
     """
-    depth = cfg.MODEL.BACKBONE.DEPTH
-    if depth not in WIDTH_MULTIPLIERS:
-        raise ConfigError(
-            f"MODEL.BACKBONE.DEPTH '{depth}' is not a MobileNet v1 width; use one of "
-            f"{', '.join(WIDTH_MULTIPLIERS)}."
-        )
-    last_stride = cfg.MODEL.BACKBONE.LAST_STRIDE
-    if last_stride not in (1, 2):
-        raise ConfigError(f"MODEL.BACKBONE.LAST_STRIDE must be 1 or 2, got {last_stride}.")
+    b = cfg.MODEL.BACKBONE
     model = MobileNetV1(
-        width_mult=WIDTH_MULTIPLIERS[depth],
-        bn_norm=cfg.MODEL.BACKBONE.NORM,
-        last_stride=last_stride,
+        width_mult=width_multiplier(b.DEPTH), bn_norm=b.NORM, last_stride=b.LAST_STRIDE
     )
-    if cfg.MODEL.BACKBONE.FEAT_DIM != model.out_channels:
-        raise ConfigError(
-            f"MODEL.BACKBONE.FEAT_DIM is {cfg.MODEL.BACKBONE.FEAT_DIM} but MobileNet v1 {depth} "
-            f"outputs {model.out_channels} channels: set MODEL.BACKBONE.FEAT_DIM "
-            f"{model.out_channels}."
-        )
-    if cfg.MODEL.BACKBONE.PRETRAIN:
-        load_pretrained(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH)
+    if b.PRETRAIN:
+        load_pretrained(model, b.PRETRAIN_PATH)
     return model

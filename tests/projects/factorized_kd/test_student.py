@@ -16,8 +16,10 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils.events import EventStorage
 
 from factorized_kd import FKDStudent, crop_view, feature_factorization_loss, map_factorization_loss
+from kdreid.checkpoint import fit_state_dict
 from kdreid.config import get_cfg, merge_from_file, resolve_device
-from kdreid.engine.checkpoint import fit_state_dict
+from kdreid.engine import inference_config
+from kdreid.engine.validation import check_config
 from kdreid.errors import ConfigError, WeightsError
 
 from ...conftest import REPO
@@ -63,8 +65,8 @@ def _cfg(teachers, keys=(("Up1", 0), ("Dn1", 0)), **fkd):
     cfg = get_cfg()
     merge_from_file(cfg, TINY_STUDENT)
     cfg.MODEL.HEADS.NUM_CLASSES = 4
-    cfg.MODEL.FKD.TEACHERS = [teachers[k][0] for k in keys]
-    cfg.MODEL.FKD.TEACHER_WEIGHTS = [teachers[k][1] for k in keys]
+    cfg.KD.MODEL_CONFIG = [teachers[k][0] for k in keys]
+    cfg.KD.MODEL_WEIGHTS = [teachers[k][1] for k in keys]
     for key, value in fkd.items():
         cfg.MODEL.FKD[key] = value
     resolve_device(cfg)
@@ -91,9 +93,10 @@ def _clone(batch):
 
 def test_importing_the_package_registers_the_student():
     assert META_ARCH_REGISTRY.get("FKDStudent") is FKDStudent
-    assert {"TEACHERS", "TEACHER_WEIGHTS", "FEAT_WEIGHT", "MAP_WEIGHT", "FACTOR_MODE"} <= set(
-        get_cfg().MODEL.FKD
-    )
+    cfg = get_cfg()
+    assert {"FEAT_WEIGHT", "MAP_WEIGHT", "FACTOR_MODE"} <= set(cfg.MODEL.FKD)
+    # The teachers are named as every distiller's: FastReID's KD.MODEL_CONFIG / MODEL_WEIGHTS.
+    assert {"MODEL_CONFIG", "MODEL_WEIGHTS"} <= set(cfg.KD) and "TEACHERS" not in cfg.MODEL.FKD
 
 
 def test_linear_factors_and_adapters_have_the_teachers_shapes(teachers):
@@ -122,7 +125,7 @@ def test_split_factors_are_channel_groups(teachers):
     first, second = model.factors(features)
     assert torch.equal(first, features[:, :256]) and torch.equal(second, features[:, 256:])
     with pytest.raises(ConfigError, match=r"dims \[512, 256\], which add up to 768.*to 512"):
-        build_model(_cfg(teachers, keys=(("Up1", 0), ("Dn1", 256)), FACTOR_MODE="split"))
+        check_config(_cfg(teachers, keys=(("Up1", 0), ("Dn1", 256)), FACTOR_MODE="split"))
 
 
 def test_map_rows_and_adapted_maps(teachers):
@@ -240,6 +243,7 @@ def _head_hooks(model):
     return [hook.__name__ for hook in model.student.heads._forward_hooks.values()]
 
 
+@pytest.mark.slow
 def test_zero_weights_skip_their_modules_and_work(teachers):
     """MAP_WEIGHT 0: no adapters (nor map hook); FEAT_WEIGHT 0: no factor heads, no feature term;
     both 0: the student's own losses, and the teachers are not even run."""
@@ -259,6 +263,7 @@ def test_zero_weights_skip_their_modules_and_work(teachers):
     assert not calls and len(none.distill) == 0
 
 
+@pytest.mark.slow
 def test_checkpoint_and_deployment_are_the_plain_students(teachers):
     """State-dict keys minus ``distill.`` are the plain Baseline's; the plain model loads the FD
     checkpoint (skipping the training-only keys) and then gives the same descriptors; the deployed
@@ -296,6 +301,7 @@ def test_checkpoint_and_deployment_are_the_plain_students(teachers):
     )
 
 
+@pytest.mark.slow
 def test_three_training_steps(teachers):
     """Three SGD steps on one batch: finite losses, the factorization terms go down, the student
     and adapters change, the teachers do not."""
@@ -334,46 +340,94 @@ def _teacher_file(tmp_path, name, view="Up1", **changes):
 def test_bad_input(teachers, tmp_path):
     weights = teachers["Up1", 0][1]
 
-    def build(configs, checkpoints, **fkd):
+    def configured(configs, checkpoints, **fkd):
         cfg = _cfg(teachers, **fkd)
-        cfg.MODEL.FKD.TEACHERS, cfg.MODEL.FKD.TEACHER_WEIGHTS = configs, checkpoints
-        return build_model(cfg)
+        cfg.KD.MODEL_CONFIG, cfg.KD.MODEL_WEIGHTS = configs, checkpoints
+        return cfg
 
-    with pytest.raises(ConfigError, match="no teacher.*MODEL.FKD.TEACHERS"):
-        build([], [])
+    def check(configs, checkpoints, **fkd):  # stage 1: the config, the teachers' configs read
+        check_config(configured(configs, checkpoints, **fkd))
+
+    def build(configs, checkpoints, **fkd):  # the loader: the checkpoints read
+        return build_model(configured(configs, checkpoints, **fkd))
+
+    with pytest.raises(ConfigError, match="no teacher.*KD.MODEL_CONFIG"):
+        check([], [])
     config = teachers["Up1", 0][0]
-    with pytest.raises(ConfigError, match=r"names 2 config\(s\) but MODEL.FKD.TEACHER_WEIGHTS 1"):
-        build([config, config], [weights])
+    with pytest.raises(ConfigError, match=r"names 2 config\(s\) but KD.MODEL_WEIGHTS 1"):
+        check([config, config], [weights])
     with pytest.raises(WeightsError, match="has no checkpoint"):
         build([config], [""])
     no_view = _teacher_file(tmp_path, "no_view", view="")
     with pytest.raises(ConfigError, match=r"no view \(its MODEL.FKD.VIEW is ''\).*Holistic"):
-        build([no_view], [weights])
+        check([no_view], [weights])
     wrong_size = _teacher_file(tmp_path, "size", **{"INPUT.SIZE_TEST": [48, 48]})
     with pytest.raises(
         ConfigError, match=r"size.yaml': MODEL.FKD.VIEW Up1.*INPUT.SIZE_TEST is \[48"
     ):
-        build([wrong_size], [weights])
+        check([wrong_size], [weights])
     reading = _teacher_file(tmp_path, "reading", **{"MODEL.FKD.VIEW_READING": "boundaries"})
     with pytest.raises(ConfigError, match="'boundaries' but the student reads views as 'stripes'"):
-        build([reading], [weights])
+        check([reading], [weights])
     with pytest.raises(ConfigError, match="FEAT_WEIGHT must be >= 0"):
-        build([config], [weights], FEAT_WEIGHT=-1.0)
+        check([config], [weights], FEAT_WEIGHT=-1.0)
     with pytest.raises(ConfigError, match="FACTOR_MODE 'pca' is not one of: linear, split"):
-        build([config], [weights], FACTOR_MODE="pca")
+        check([config], [weights], FACTOR_MODE="pca")
     with pytest.raises(ConfigError, match="student is holistic.*'Up1'"):
-        build([config], [weights], VIEW="Up1", VIEW_SIZE=[64, 32])
+        check([config], [weights], VIEW="Up1", VIEW_SIZE=[64, 32])
+    check([config], [weights])  # and what the checks pass builds
+    assert build([config], [weights]).views == ("Up1",)
+
+
+def test_building_blocks_refuse_bad_arguments(teachers):
+    """FKDStudent itself (no config): lengths, factor mode, weights, split dims."""
+    model = build_model(_cfg(teachers, keys=(("Up1", 0), ("Dn1", 256))))
+    args = dict(
+        student=model.student,
+        teachers=list(model.teachers),
+        views=("Up1", "Dn1"),
+        teacher_map_channels=(512, 512),
+        student_dim=512,
+        student_map_channels=512,
+        num_classes=4,
+    )
+    for changes, message in [
+        ({"views": ("Up1",)}, r"2 teacher\(s\), 1 view\(s\), 2 map width\(s\)"),
+        ({"factor_mode": "pca"}, "factor_mode must be one of linear, split; got 'pca'"),
+        ({"map_weight": -1.0}, "map_weight must be >= 0"),
+        ({"factor_mode": "split"}, r"dims \[512, 256\], which add up to 768, not to student_dim"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            FKDStudent(**{**args, **changes})
+
+
+def test_eval_only_builds_the_student_alone_and_loads_an_fd_checkpoint(teachers):
+    """--eval-only with the FD config: the core drops the training-only teachers (FKDStudent does
+    not declare teachers_at_inference), so no teacher, factor head or adapter is built, and an FD
+    checkpoint loads with its distill. keys skipped; the descriptor is the trained student's."""
+    trained = build_model(_cfg(teachers))
     cfg = _cfg(teachers)
-    cfg.KD.MODEL_CONFIG = [config]
-    with pytest.raises(ConfigError, match="KD.MODEL_CONFIG and KD.MODEL_WEIGHTS"):
-        build_model(cfg)
+    check_config(cfg, training=False)
+    inference_config(cfg)
+    assert cfg.KD.MODEL_CONFIG == [] and cfg.KD.MODEL_WEIGHTS == []
+    model = build_model(cfg)
+    assert len(model.teachers) == 0
+    assert not any(k.startswith("distill.") for k in model.state_dict())
+    skipped = fit_state_dict(model, trained.state_dict(), "FD student")
+    assert skipped and all(k.startswith("distill.") for k in skipped)
+    images = _batch()["images"]
+    torch.testing.assert_close(
+        model.eval()({"images": images.clone()}), trained.eval()({"images": images.clone()})
+    )
+    with pytest.raises(ConfigError, match="no teacher to learn from"), EventStorage():
+        model.train()(_batch())
 
 
 def test_a_holistic_teacher_sees_the_whole_image(teachers, tmp_path):
     """MODEL.FKD.VIEW Holistic: the whole image resized to its input, all the map's rows."""
     holistic = _teacher_file(tmp_path, "holistic", view="Holistic")
     cfg = _cfg(teachers)
-    cfg.MODEL.FKD.TEACHERS = [holistic, teachers["Dn1", 0][0]]
+    cfg.KD.MODEL_CONFIG = [holistic, teachers["Dn1", 0][0]]
     model = build_model(cfg)
     assert model.views == ("Holistic", "Dn1")
     assert model.map_rows(4) == [(0, 4), (2, 4)]

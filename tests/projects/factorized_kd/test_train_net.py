@@ -11,6 +11,7 @@ import pytest
 import torch
 from fastreid.modeling import build_model
 
+from factorized_kd import FKDTrainer
 from kdreid.benchmark import count_parameters
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
 
@@ -48,6 +49,12 @@ def _last_results(log):
     return {n: float(v) for n, v in zip(names[1:], values[1:])}
 
 
+def test_train_net_uses_the_partial_view_trainer(load_script):
+    module = load_script("projects/FactorizedKD/train_net.py")  # its __main__ guard: no launch
+    assert module.FKDTrainer is FKDTrainer
+    assert "trainer_cls=FKDTrainer" in open(TRAIN_NET).read()
+
+
 @pytest.fixture(scope="module")
 def teacher_run(datasets_root, tmp_path_factory):
     """The Dn1 teacher, its view named on the command line as the issue's command does."""
@@ -57,6 +64,7 @@ def teacher_run(datasets_root, tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_teacher_trains_and_evaluates_on_its_view(teacher_run):
     out, proc = teacher_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,12 +78,13 @@ def test_teacher_trains_and_evaluates_on_its_view(teacher_run):
     assert _last_results(log)["mAP"] > 0  # evaluated at the end of training
 
 
+@pytest.mark.slow
 def test_fd_student_trains_and_deploys_as_the_plain_student(teacher_run, datasets_root, tmp_path):
     teacher, proc = teacher_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "student"
-    teachers = ("MODEL.FKD.TEACHERS", repr([str(teacher / "config.yaml")]),
-                "MODEL.FKD.TEACHER_WEIGHTS", repr([str(teacher / "model_final.pth")]))  # fmt: skip
+    teachers = ("KD.MODEL_CONFIG", repr([str(teacher / "config.yaml")]),
+                "KD.MODEL_WEIGHTS", repr([str(teacher / "model_final.pth")]))  # fmt: skip
     proc = _run(TINY_STUDENT, *teachers, "OUTPUT_DIR", str(out), *ONE_EPOCH,
                 datasets_root=datasets_root)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,6 +114,7 @@ def test_fd_student_trains_and_deploys_as_the_plain_student(teacher_run, dataset
     assert record["metrics"]["mAP"] == pytest.approx(fd_map, abs=0.006)
 
 
+@pytest.mark.slow
 def test_teacher_of_another_input_size_is_named(teacher_run, datasets_root, tmp_path):
     """The student refuses a teacher whose config disagrees with its checkpoint, naming it."""
     teacher, proc = teacher_run
@@ -114,8 +124,8 @@ def test_teacher_of_another_input_size_is_named(teacher_run, datasets_root, tmp_
     merge_from_file(cfg, str(teacher / "config.yaml"))
     cfg.MODEL.FKD.VIEW_SIZE = [24, 24]  # the view size no longer matches INPUT.SIZE_*
     bad.write_text(cfg.dump())
-    proc = _run(TINY_STUDENT, "MODEL.FKD.TEACHERS", repr([str(bad)]),
-                "MODEL.FKD.TEACHER_WEIGHTS", repr([str(teacher / "model_final.pth")]),
+    proc = _run(TINY_STUDENT, "KD.MODEL_CONFIG", repr([str(bad)]),
+                "KD.MODEL_WEIGHTS", repr([str(teacher / "model_final.pth")]),
                 "OUTPUT_DIR", str(tmp_path / "student"), *ONE_EPOCH,
                 datasets_root=datasets_root)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -1,6 +1,5 @@
 """FactorizedKD views: the table, the row rule, the batched crop, the transform, the configs."""
 
-import importlib.util
 import math
 import os
 from fractions import Fraction
@@ -21,6 +20,7 @@ from factorized_kd import (
 )
 from factorized_kd.views import FIGURE_1, VIEW_NAMES, VIEW_TABLES
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
+from kdreid.engine.validation import check_config
 from kdreid.errors import ConfigError
 
 from ...conftest import REPO
@@ -280,7 +280,7 @@ def test_an_unknown_view_is_refused_with_the_valid_names():
         check_fkd_config(cfg)
     _assert_lists_the_views(str(info.value))
     with pytest.raises(ConfigError, match="Middle"):
-        FKDTrainer.build_model(cfg)
+        check_config(cfg)  # stage 1 of every run, before the model and the datasets are built
 
 
 def test_bad_reading_size_or_factor_mode_is_refused():
@@ -293,7 +293,7 @@ def test_bad_reading_size_or_factor_mode_is_refused():
     cfg = _view_cfg("Up1")
     cfg.INPUT.SIZE_TEST = [256, 128]
     with pytest.raises(ConfigError, match=r"INPUT.SIZE_TEST is \[256, 128\]"):
-        build_transforms(cfg, is_train=False)
+        check_config(cfg)  # stage 1, before any transform is built
     cfg.MODEL.FKD.VIEW = ""  # the whole image: any input size
     check_fkd_config(cfg)
     cfg.MODEL.FKD.FACTOR_MODE = "concat"
@@ -310,7 +310,7 @@ def test_teacher_configs_load_and_take_every_view(path):
     merge_from_file(cfg, path)
     assert cfg.MODEL.FKD.VIEW == "Up1" and cfg.MODEL.FKD.VIEW_READING == "stripes"
     assert list(cfg.INPUT.SIZE_TRAIN) == list(cfg.INPUT.SIZE_TEST) == cfg.MODEL.FKD.VIEW_SIZE
-    assert not cfg.MODEL.FKD.TEACHERS and cfg.MODEL.FKD.FACTOR_MODE == "linear"
+    assert not cfg.KD.MODEL_CONFIG and cfg.MODEL.FKD.FACTOR_MODE == "linear"
     for view in VIEW_NAMES:
         merge_from_list(cfg, ["MODEL.FKD.VIEW", view])
         check_fkd_config(cfg)
@@ -346,12 +346,3 @@ def test_trainer_loaders_crop_the_view(fastreid_root):
     train = FKDTrainer.build_train_loader(cfg)
     first = train.dataset.transform.transforms[0]
     assert isinstance(first, ViewCrop) and first.view == "Dn2"
-
-
-def test_train_net_uses_the_partial_view_trainer():
-    path = os.path.join(REPO, "projects", "FactorizedKD", "train_net.py")
-    spec = importlib.util.spec_from_file_location("fkd_train_net", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # the __main__ guard keeps it from launching
-    assert module.FKDTrainer is FKDTrainer
-    assert "trainer_cls=FKDTrainer" in open(path).read()

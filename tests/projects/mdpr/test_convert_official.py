@@ -12,7 +12,6 @@ that need a model built (the command line, differences no setting explains, non-
 use the tiny MDPR test config (ResNet-18, E = 64) instead of ResNet-101.
 """
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -21,15 +20,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from fastreid.modeling import build_model
 from fastreid.modeling.backbones import build_resnet_backbone
 
-from kdreid.engine.checkpoint import load_weights_strict
+from kdreid.checkpoint import load_weights_strict
 from kdreid.errors import ConfigError, WeightsError
 
-from ...conftest import REPO
+from ...conftest import REPO, load_script_module
 
-SCRIPT = os.path.join(REPO, "projects", "MDPR", "convert_official.py")
 CONFIG = os.path.join(REPO, "configs", "MDPR", "DukeMTMC.yml")
 TINY = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")  # ResNet-18, E = 64
 TSV = os.path.join(
@@ -41,14 +38,7 @@ BN_EPS = 1e-5  # nn.BatchNorm2d's and FastReID's BatchNorm's default
 GEM_EPS = 1e-6  # GeneralizedMeanPoolingP's clamp
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("convert_official", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_official = _load_script()
+convert_official = load_script_module("projects/MDPR/convert_official.py")  # shared by the tests
 
 
 def _reference_shapes() -> dict[str, tuple[int, ...]]:
@@ -119,17 +109,18 @@ def _official_checkpoint(state: dict, prefix: str = "") -> dict:
     }
 
 
-def _cfg(*opts):
-    cfg = convert_official.build_cfg(CONFIG, list(opts), NUM_CLASSES)
+def _mdpr(*opts):
+    """The config and weightless model of the official config, as the converter builds them."""
+    cfg, model = convert_official.build_mdpr(CONFIG, list(opts), NUM_CLASSES)
     assert cfg.MODEL.BACKBONE.PRETRAIN is False and cfg.MODEL.DEVICE == "cpu"
-    return cfg
+    return cfg, model
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
     """The MDPR model of the tiny test config (ResNet-18 trunk, E = 64, 7 classes): cheap
     checkpoints for the command line and the error paths that build a model."""
-    return build_model(convert_official.build_cfg(TINY, [], 7))
+    return convert_official.build_mdpr(TINY, [], 7)[1]
 
 
 @pytest.fixture
@@ -255,6 +246,7 @@ def converted(official, tmp_path_factory):
     dst.unlink()  # 650 MB
 
 
+@pytest.mark.slow
 def test_conversion_keeps_the_official_tensors_uncast(official, converted):
     result, dst = converted
     assert result == convert_official.Conversion(
@@ -273,6 +265,7 @@ def test_conversion_keeps_the_official_tensors_uncast(official, converted):
         assert torch.equal(state[key], value), key
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path, tiny_model, tiny_shapes):
     """The script run from the repository root, options after SRC DST, no ``module.`` prefix."""
     src, dst = tmp_path / "model_final.pth", tmp_path / "out" / "converted.pth"
@@ -295,9 +288,9 @@ def test_command_line(tmp_path, tiny_model, tiny_shapes):
     assert {k: tuple(v.shape) for k, v in state.items()} == tiny_shapes
 
 
+@pytest.mark.slow
 def test_descriptor_equals_the_official_reference(official, converted):
-    cfg = _cfg()
-    model = build_model(cfg)
+    cfg, model = _mdpr()
     load_weights_strict(model, str(converted[1]))
     model.eval()
     # One image: a forward of the R101 model costs ~6 s on two CPU cores.
@@ -391,6 +384,7 @@ def test_shape_only_checkpoints_are_small(tmp_path):
     assert path.stat().st_size < 2_000_000  # not 650 MB: the error tests stay cheap
 
 
+@pytest.mark.slow
 def test_three_stripes_names_num_stripes(tmp_path):
     message = _convert_shapes(tmp_path, _three_stripes)
     assert "the checkpoint has 3 stripes" in message
@@ -399,6 +393,7 @@ def test_three_stripes_names_num_stripes(tmp_path):
     assert message.endswith("Convert with these options: MODEL.MDPR.NUM_STRIPES 3")
 
 
+@pytest.mark.slow
 def test_three_parts_names_num_parts(tmp_path):
     message = _convert_shapes(tmp_path, _three_parts)
     assert "the checkpoint has 3 attention parts" in message
@@ -408,6 +403,7 @@ def test_three_parts_names_num_parts(tmp_path):
     assert "NUM_STRIPES" not in message and "DEPTH" not in message  # nothing else blamed
 
 
+@pytest.mark.slow
 def test_resnet50_trunk_names_depth(tmp_path):
     message = _convert_shapes(tmp_path, _resnet50)
     assert (
@@ -417,18 +413,21 @@ def test_resnet50_trunk_names_depth(tmp_path):
     ) in message
 
 
+@pytest.mark.slow
 def test_ibn_checkpoint_with_plain_config(tmp_path):
     message = _convert_shapes(tmp_path, opts=["MODEL.BACKBONE.WITH_IBN", "False"])
     assert "the checkpoint has IBN layers (106 keys such as generate.backbone" in message
     assert "set MODEL.BACKBONE.WITH_IBN True" in message
 
 
+@pytest.mark.slow
 def test_plain_checkpoint_with_ibn_config(tmp_path):
     message = _convert_shapes(tmp_path, _no_ibn)
     assert "the checkpoint has no IBN layers (no *.bn1.IN.* keys)" in message
     assert "set MODEL.BACKBONE.WITH_IBN False" in message
 
 
+@pytest.mark.slow
 def test_several_differences_are_reported_together(tmp_path):
     def edit(shapes):
         _three_stripes(shapes)
@@ -443,6 +442,7 @@ def test_several_differences_are_reported_together(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_resnet18_checkpoint_for_the_official_config(tmp_path, tiny_shapes):
     message = _convert_shapes(tmp_path, shapes=tiny_shapes)
     assert (

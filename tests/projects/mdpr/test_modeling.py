@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import mdpr
 from kdreid.config import get_cfg
+from kdreid.engine.validation import check_config
 from kdreid.errors import ConfigError, WeightsError
 from mdpr.layers import SyncFreeCircleSoftmax
 from mdpr.losses import cross_entropy_loss
@@ -73,6 +74,7 @@ def test_importing_the_package_registers_the_meta_architecture():
     assert META_ARCH_REGISTRY.get("MDPR") is mdpr.MDPR
 
 
+@pytest.mark.slow
 def test_duke_config_has_the_official_names_shapes_and_size():
     """configs/MDPR/DukeMTMC.yml builds exactly the official state dict (the reference file lists
     1385 keys and 163,854,519 parameters) and a 4608-d descriptor."""
@@ -382,7 +384,7 @@ def test_final_map_rows_matches_the_trunk(height, last_stride, rows):
 )  # fmt: skip
 def test_config_values_that_make_no_sense(opts, message):
     with pytest.raises(ConfigError, match=message):
-        build_model(_cfg(**opts))
+        check_config(_cfg(**opts))
 
 
 def test_a_trunk_that_ran_once_is_accepted_and_fusion_checks_sizes():
@@ -402,6 +404,58 @@ def test_images_too_short_for_the_stripes_are_a_clear_error():
     model = _model(**{"MODEL.MDPR.NUM_STRIPES": 4}).eval()
     with pytest.raises(ValueError, match="NUM_STRIPES 4 is more than the 2 rows"):
         model(torch.rand(1, 3, 32, 32) * 255)
+
+
+@pytest.mark.parametrize(
+    "height, num_stripes, rows",
+    [(112, 3, [(0, 3), (3, 5), (5, 7)]), (80, 2, [(0, 3), (3, 5)])],
+)
+def test_stripes_that_do_not_divide_the_map_take_the_documented_rows(height, num_stripes, rows):
+    """A real forward where P does not divide the H rows of the final map, stripe by stripe.
+
+    ``Generate.stripes`` is documented as ``torch.tensor_split`` (so is
+    ``mdpr.visualize.stripe_rows``): every stripe gets ``H // P`` rows and the first ``H % P``
+    stripes one more, top first, so that the stripes tile the map without gap or overlap.
+
+    - 112-pixel input, last stride 1: 112 -> conv1 56 -> max-pool 28 -> layer2 14 -> layer3 7
+      rows (``final_map_rows``); 7 = 3 * 2 + 1 with P = 3: rows [0, 3), [3, 5), [5, 7), heights
+      3, 2, 2. (``torch.chunk`` would give 3, 3, 1; floor-sized stripes 2, 2, 2 and lose row 6;
+      the remainder at the bottom 2, 2, 3.)
+    - 80-pixel input: 40 -> 20 -> 10 -> 5 rows; 5 = 2 * 2 + 1 with P = 2: rows [0, 3), [3, 5).
+
+    Compared: each stripe map ``hard_parts[i]`` (the output of stripe ``i``'s embedding in the
+    forward, captured with a hook) against that embedding applied by hand to the explicit row
+    slice ``[top, end)`` of the hard branch's final map (captured too); and each stripe's slice of
+    the evaluation descriptor against stripe ``i``'s head on that reference. The embedding is a
+    1x1 convolution and BN in evaluation mode, pixel by pixel, so embedding the slice is embedding
+    the stripe; GeM pooling in the head makes every row count, so a stripe holding other rows
+    gives another descriptor.
+    """
+    model = _model(**{"MODEL.MDPR.NUM_STRIPES": num_stripes}).eval()
+    assert final_map_rows(height, 1) == rows[-1][1]
+    images = torch.rand(2, 3, height, 32, generator=torch.Generator().manual_seed(3)) * 255
+    final_maps, parts = [], []
+    hooks = [model.generate.backbone_part.register_forward_hook(lambda *a: final_maps.append(a[2]))]
+    hooks += [
+        embed.register_forward_hook(lambda *a: parts.append(a[2]))
+        for embed in model.generate.embedding_hard_part
+    ]
+    with torch.no_grad():
+        descriptor = model(images)
+    for hook in hooks:
+        hook.remove()
+    (final_map,) = final_maps
+    assert final_map.shape[2] == rows[-1][1]
+    assert [part.shape[2] for part in parts] == [end - top for top, end in rows]
+    e = model.embedding_dim
+    for i, (top, end) in enumerate(rows):
+        with torch.no_grad():
+            expected = model.generate.embedding_hard_part[i](final_map[:, :, top:end])
+            head = model.hard_part_head[i](expected)
+        torch.testing.assert_close(parts[i], expected, msg=f"stripe {i}")
+        torch.testing.assert_close(
+            descriptor[:, (1 + i) * e : (2 + i) * e], head, msg=f"descriptor of stripe {i}"
+        )
 
 
 def test_trunk_weights_are_loaded_strictly(tmp_path):

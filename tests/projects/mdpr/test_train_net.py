@@ -2,26 +2,21 @@
 
 import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+import pytest
+
+from ...conftest import REPO, run_script
+
 TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
 TINY = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")
 
 
 def _run(*argv, datasets_root):
-    env = dict(os.environ, FASTREID_DATASETS=str(datasets_root))
-    return subprocess.run(
-        [sys.executable, TRAIN_NET, "--config-file", TINY, *argv, "KDREID.PROGRESS", "False"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = ("--config-file", TINY, *argv, "KDREID.PROGRESS", "False")
+    return run_script(TRAIN_NET, *argv, datasets_root=datasets_root)
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_at_batch_one(datasets_root, tmp_path):
     out = tmp_path / "train"
     proc = _run("OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1",
@@ -43,6 +38,7 @@ def test_train_then_evaluate_at_batch_one(datasets_root, tmp_path):
     assert record["feature_dim"] == 9 * 64  # (2 stripes + 3) E + 4E with E = 64
 
 
+@pytest.mark.slow
 def test_weights_of_another_stripe_count_name_the_keys(datasets_root, tmp_path):
     out = tmp_path / "train"
     proc = _run("OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "0",

@@ -1,7 +1,6 @@
 """MDPR attention pictures: stripes and heat overlays (mdpr.visualize), and the command line
 (projects/MDPR/visualize_attention.py)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,27 +9,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from fastreid.modeling import build_model
 from PIL import Image
 
+from kdreid.cli import build_inference_model
 from kdreid.errors import ConfigError, UnreadableImageError, WeightsError
 from mdpr import visualize
 from mdpr.modeling import Generate
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script_module
 
 TOOL = os.path.join(REPO, "projects", "MDPR", "visualize_attention.py")
 TINY = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")
 NOT_MDPR = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("visualize_attention", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script_module("projects/MDPR/visualize_attention.py")  # the tests share its functions
 
 
 def noise_image(height, width, seed=0):
@@ -213,9 +205,10 @@ def test_config_options_after_input_are_not_inputs():
 def checkpoint(tmp_path_factory):
     """A randomly initialised tiny MDPR, as trained on 10 identities (the classifiers are not
     needed: the tool builds the model with NUM_CLASSES 0 and skips them)."""
-    cfg = tool.build_cfg(TINY, ["MODEL.HEADS.NUM_CLASSES", "10"], device="cpu")
     torch.manual_seed(0)
-    model = build_model(cfg)
+    _, model = build_inference_model(
+        TINY, ["MODEL.HEADS.NUM_CLASSES", "10"], device="cpu", load_weights=False
+    )
     with torch.no_grad():  # BN statistics as after training, so that the maps are not uniform
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -257,6 +250,7 @@ def check_pictures(paths, num_panels, panel_width, panel_height):
         assert panel_runs(picture, top, panel_height) == [(b[0], panel_width) for b in size.panels]
 
 
+@pytest.mark.slow
 def test_cli_on_given_images(tmp_path, checkpoint, images):
     """64x32 inputs: scale 4 (128-pixel panels); 1 + 2 levels x (2 parts + background) panels."""
     out = tmp_path / "out"
@@ -271,6 +265,7 @@ def test_cli_on_given_images(tmp_path, checkpoint, images):
     check_pictures([out / name for name in os.listdir(out)], 7, 128, 256)
 
 
+@pytest.mark.slow
 def test_cli_on_the_test_sets_queries(tmp_path, checkpoint, datasets_root):
     from fastreid.data.datasets import DATASET_REGISTRY
 

@@ -8,12 +8,20 @@ import torch
 from fastreid.modeling import build_model
 
 from kdreid.config import get_cfg, merge_from_file
+from kdreid.engine.validation import check_config
 
 from ...conftest import REPO
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "SpeedKD", "**", "*.yml"), recursive=True))
 PLAIN = [p for p in CONFIGS if not os.path.basename(p).startswith(("kd_", "tiny_kd"))]
 KD = [p for p in CONFIGS if p not in PLAIN]
+
+
+def _plain(path):
+    """A plain config as a test parameter; the ResNet-50/101 teachers (a second or more each to
+    build and run on a CPU) are left to ``make test``."""
+    marks = pytest.mark.slow if os.path.basename(path).startswith("teacher_R") else ()
+    return pytest.param(path, marks=marks, id=os.path.relpath(path, REPO))
 
 
 def _cfg(path):
@@ -25,11 +33,12 @@ def _cfg(path):
     return cfg
 
 
-@pytest.mark.parametrize("path", PLAIN, ids=lambda p: os.path.relpath(p, REPO))
+@pytest.mark.parametrize("path", [_plain(p) for p in PLAIN])
 def test_model_builds_and_returns_its_feature(path):
     """The feature has FEAT_DIM dimensions at the config's test size (a FEAT_DIM that does not
     match the backbone's width would fail here)."""
     cfg = _cfg(path)
+    check_config(cfg)
     model = build_model(cfg).eval()
     with torch.no_grad():
         feature = model(torch.rand(1, 3, *cfg.INPUT.SIZE_TEST) * 255)

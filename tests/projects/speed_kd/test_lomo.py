@@ -1,5 +1,6 @@
 """LOMO: dimensionality, vectorised parts against loop references, flip and illumination, errors."""
 
+import colorsys
 import glob
 import os
 
@@ -10,7 +11,7 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 
 from kdreid.data.synthreid import generate_synthreid
-from speed_kd.lomo import LOMO, _blur_matrix, _row_max_histograms, lomo, siltp
+from speed_kd.lomo import LOMO, _blur_matrix, _hsv_codes, _row_max_histograms, lomo, siltp
 
 COLOUR = slice(0, 512 * 40)  # the joint HSV group, then one SILTP group of 81 * 40 per radius
 TEXTURE = slice(512 * 40, 26960)
@@ -58,6 +59,78 @@ def test_row_max_histograms_match_a_loop_over_windows(block_size, block_step, sh
                 window = codes[i, top : top + block_size, left : left + block_size].numpy()
                 slow[i, r] = np.maximum(slow[i, r], np.bincount(window.ravel(), minlength=7))
     np.testing.assert_array_equal(fast, slow)
+
+
+# One colour inside each hue sextant (60 degrees each: red-yellow, yellow-green, green-cyan,
+# cyan-blue, blue-magenta, magenta-red), the primaries and secondaries, two unsaturated colours,
+# grey, black and white, with their bins worked out by hand (8 levels each): hue
+# floor(8 * H / 360 deg), saturation floor(8 * S), value floor(8 * V), where S = (max - min) / max
+# and V = max; a saturation or value of 1 falls in the top bin, 7.
+HAND_PICKED = [  # (R, G, B), (hue, saturation, value) bins
+    ((255, 128, 0), (0, 7, 7)),  # H = 60 * 128/255 = 30.1 deg: 0.67
+    ((128, 255, 0), (1, 7, 7)),  # 120 - 30.1 = 89.9 deg: 1.998
+    ((0, 255, 128), (3, 7, 7)),  # 120 + 30.1 = 150.1 deg: 3.34
+    ((0, 128, 255), (4, 7, 7)),  # 240 - 30.1 = 209.9 deg: 4.66
+    ((128, 0, 255), (6, 7, 7)),  # 240 + 30.1 = 270.1 deg: 6.003
+    ((255, 0, 128), (7, 7, 7)),  # 360 - 30.1 = 329.9 deg: 7.33
+    ((255, 0, 1), (7, 7, 7)),  # 360 - 0.24 deg: 7.995 (G < B: the red sextant wraps, mod 6)
+    ((255, 0, 0), (0, 7, 7)),  # 0 deg
+    ((255, 255, 0), (1, 7, 7)),  # 60 deg: 1.33
+    ((0, 255, 0), (2, 7, 7)),  # 120 deg: 2.67
+    ((0, 255, 255), (4, 7, 7)),  # 180 deg: 4
+    ((0, 0, 255), (5, 7, 7)),  # 240 deg: 5.33
+    ((255, 0, 255), (6, 7, 7)),  # 300 deg: 6.67
+    ((100, 50, 50), (0, 4, 3)),  # S = 50/100, V = 100/255: 3.14
+    ((50, 100, 75), (3, 4, 3)),  # 120 + 60 * 25/50 = 150 deg: 3.33
+    ((0, 0, 0), (0, 0, 0)),  # black: no hue, no saturation
+    ((128, 128, 128), (0, 0, 4)),  # grey: no hue, no saturation, V = 0.502: 4.02
+    ((255, 255, 255), (0, 0, 7)),  # white
+]
+
+
+def _hsv_reference(rgb: np.ndarray, bins=(8, 8, 8)) -> np.ndarray:
+    """(N, 3, H, W) quantised HSV of (N, 3, H, W) RGB in [0, 1], one ``colorsys`` call a pixel.
+
+    ``colorsys.rgb_to_hsv`` (the standard library's hexcone model, written independently of
+    LOMO's vectorised one) gives H, S, V in [0, 1] (H a fraction of the full turn, 0 for greys);
+    each is quantised as ``_hsv_codes`` documents: ``floor(x * levels)``, a 1 falling in the top
+    level ``levels - 1``.
+    """
+    codes = np.zeros(rgb.shape, dtype=np.float64)
+    for i, y, x in np.ndindex(rgb.shape[0], *rgb.shape[2:]):
+        hsv = colorsys.rgb_to_hsv(*rgb[i, :, y, x])
+        codes[i, :, y, x] = [min(int(c * n), n - 1) for c, n in zip(hsv, bins)]
+    return codes
+
+
+def test_hsv_codes_of_hand_picked_colours():
+    """Every hue sextant, the primaries and secondaries, greys, black and white give the bins
+    worked out by hand above (and ``colorsys`` agrees, which checks the reference)."""
+    rgb = torch.tensor([c for c, _ in HAND_PICKED], dtype=torch.float64).T[None, :, None] / 255
+    expected = np.array([b for _, b in HAND_PICKED], dtype=np.float64).T[None, :, None]
+    np.testing.assert_array_equal(_hsv_reference(rgb.numpy()), expected)
+    np.testing.assert_array_equal(_hsv_codes(rgb, (8, 8, 8)).numpy(), expected)
+
+
+@pytest.mark.parametrize("bins", [(8, 8, 8), (16, 4, 6)])
+def test_hsv_codes_match_colorsys_pixel_by_pixel(bins):
+    """The hue, saturation and value levels of every pixel equal ``colorsys``'s, quantised alike.
+
+    Compared exactly, level by level, for the default 8x8x8 bins and an uneven 16x4x6. Images:
+    uniform random RGB in [0, 1] (every sextant), uint8-like images (multiples of 1/255, where a
+    few pixels have two channels tied), and the hand-picked colours (tied maxima: yellow, cyan,
+    magenta, grey, white).
+    In float64, where the two computations (which order their operations differently) differ by
+    about 1e-16, too little to move any of these values across a bin boundary.
+    """
+    g = torch.Generator().manual_seed(4)
+    uniform = torch.rand(2, 3, 16, 12, generator=g, dtype=torch.float64)
+    levels = torch.randint(0, 256, (2, 3, 16, 12), generator=g).double() / 255
+    hand = torch.tensor([c for c, _ in HAND_PICKED], dtype=torch.float64).T / 255
+    for rgb in (uniform, levels, hand[None, :, None]):
+        np.testing.assert_array_equal(
+            _hsv_codes(rgb, bins).numpy(), _hsv_reference(rgb.numpy(), bins)
+        )
 
 
 def test_siltp_matches_a_loop_over_pixels():

@@ -8,6 +8,7 @@ from fastreid.utils.events import EventStorage
 
 import speed_kd.mobilenet_v1  # noqa: F401  (imported for registration of the backbone)
 from kdreid.config import get_cfg
+from kdreid.engine.validation import check_config
 from kdreid.errors import ConfigError, WeightsError
 from speed_kd.mobilenet_v1 import MobileNetV1
 
@@ -87,18 +88,18 @@ def test_baseline_trains_two_iterations():
 
 def test_bad_depth_names_valid_widths():
     with pytest.raises(ConfigError, match=r"'50x'.*1\.0x, 0\.75x, 0\.5x, 0\.25x"):
-        build_backbone(mobilenet_cfg("50x"))
+        check_config(mobilenet_cfg("50x"))
 
 
 def test_bad_last_stride():
     with pytest.raises(ConfigError, match="LAST_STRIDE must be 1 or 2, got 4"):
-        build_backbone(mobilenet_cfg("0.25x", LAST_STRIDE=4))
+        check_config(mobilenet_cfg("0.25x", LAST_STRIDE=4))
 
 
 def test_feat_dim_must_match():
     cfg = mobilenet_cfg("0.5x", FEAT_DIM=2048)
     with pytest.raises(ConfigError, match="FEAT_DIM 512"):
-        build_backbone(cfg)
+        check_config(cfg)
 
 
 def test_pretrained_round_trip(tmp_path):

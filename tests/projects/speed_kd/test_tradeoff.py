@@ -1,6 +1,5 @@
 """The trade-off report: aggregation over seeds, the table, the plot, the command line."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -54,15 +53,23 @@ def test_table_rows_slowest_first_with_speedups():
     assert "test CPU" in table
 
 
-def test_files_and_command_line(tmp_path):
+def _write_records(runs):
     for i, record in enumerate(RECORDS):
-        write_record(tmp_path / "runs" / f"run{i}" / "speed_accuracy.json", record)
+        write_record(runs / f"run{i}" / "speed_accuracy.json", record)
+
+
+def test_files(tmp_path):
+    _write_records(tmp_path / "runs")
     assert len(find_records([tmp_path / "runs"])) == len(RECORDS)
     table = write_tradeoff(find_records([tmp_path / "runs"]), tmp_path / "out")
     assert (tmp_path / "out" / "tradeoff.md").read_text().strip() == table
     png = (tmp_path / "out" / "tradeoff.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
+
+@pytest.mark.slow
+def test_command_line(tmp_path):
+    _write_records(tmp_path / "runs")
     script = os.path.join(REPO, "projects", "SpeedKD", "tradeoff.py")
     proc = subprocess.run(
         [sys.executable, script, str(tmp_path / "runs"), "--output-dir", str(tmp_path / "cli")],
@@ -91,6 +98,12 @@ def test_unknown_reference_is_refused():
         markdown_table(summarise(RECORDS), reference="teachr")
 
 
+@pytest.fixture(scope="module")
+def cli(load_script):
+    """projects/SpeedKD/tradeoff.py as a module (its main in-process: no interpreter start-up)."""
+    return load_script("projects/SpeedKD/tradeoff.py")
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -102,7 +115,7 @@ def test_unknown_reference_is_refused():
         (b'{"name": "x", "metrics": [1]}', "has no 'metrics' object"),
     ],
 )
-def test_a_bad_record_is_one_line_naming_the_file(tmp_path, capsys, content, message):
+def test_a_bad_record_is_one_line_naming_the_file(cli, tmp_path, capsys, content, message):
     """Unreadable or incomplete records: status 2, one ``error:`` line naming the file, no
     traceback (missing keys were a KeyError, bad JSON an error without the file's name)."""
     for i, record in enumerate(RECORDS[:2]):
@@ -114,7 +127,7 @@ def test_a_bad_record_is_one_line_naming_the_file(tmp_path, capsys, content, mes
         find_records([tmp_path / "runs"])
     for arg in (tmp_path / "runs", bad):
         with pytest.raises(SystemExit) as info:
-            _cli().main([str(arg), "--output-dir", str(tmp_path / "out")])
+            cli.main([str(arg), "--output-dir", str(tmp_path / "out")])
         assert info.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -122,18 +135,9 @@ def test_a_bad_record_is_one_line_naming_the_file(tmp_path, capsys, content, mes
     assert not (tmp_path / "out").exists()
 
 
-def _cli():
-    """projects/SpeedKD/tradeoff.py as a module (its main in-process: no interpreter start-up)."""
-    script = os.path.join(REPO, "projects", "SpeedKD", "tradeoff.py")
-    spec = importlib.util.spec_from_file_location("speedkd_tradeoff_cli", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_output_dir_has_help_with_its_default(capsys):
+def test_output_dir_has_help_with_its_default(cli, capsys):
     with pytest.raises(SystemExit) as info:
-        _cli().main(["--help"])
+        cli.main(["--help"])
     assert info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--output-dir OUTPUT_DIR folder to write tradeoff.md and tradeoff.png" in help_text

@@ -1,6 +1,5 @@
 """XQDA against the formulas computed pair by pair, its errors, and the LOMO+XQDA runner."""
 
-import importlib.util
 import json
 import os
 
@@ -9,7 +8,6 @@ import pytest
 
 from kdreid.evaluation import evaluate_rank
 from speed_kd.xqda import XQDA, pair_covariances
-from tests.conftest import REPO
 
 RIDGE = 1e-3
 
@@ -149,19 +147,18 @@ def test_bad_input_is_named():
         XQDA().fit(x, labels).distance(x[:, :5], x[:, :5])
 
 
-def _runner():
-    path = os.path.join(REPO, "projects", "SpeedKD", "lomo_xqda.py")
-    spec = importlib.util.spec_from_file_location("lomo_xqda", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def runner(load_script):
+    """projects/SpeedKD/lomo_xqda.py, the LOMO+XQDA runner, as a module."""
+    return load_script("projects/SpeedKD/lomo_xqda.py")
 
 
-def test_runner_on_synthreid_tiny_writes_the_record(datasets_root, tmp_path):
+@pytest.mark.slow
+def test_runner_on_synthreid_tiny_writes_the_record(runner, datasets_root, tmp_path):
     """SynthReID-tiny has 16 training identities only; measured mAP 14.0, Rank-10 71.9. Ranking
     the same gallery by random distances gives mAP 9.9 on average (99th percentile 15.4) and
     Rank-10 about 35, and LOMO with Euclidean distances gives mAP 7.4 (camera backgrounds)."""
-    record = _runner().run("SynthReIDTiny", str(datasets_root), str(tmp_path), "cpu", 16)
+    record = runner.run("SynthReIDTiny", str(datasets_root), str(tmp_path), "cpu", 16)
     with open(tmp_path / "speed_accuracy.json") as f:
         assert json.load(f) == record
     assert list(record) == [
@@ -181,12 +178,11 @@ def test_runner_on_synthreid_tiny_writes_the_record(datasets_root, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
-def test_runner_with_re_ranking(datasets_root, tmp_path):
+@pytest.mark.slow
+def test_runner_with_re_ranking(runner, datasets_root, tmp_path):
     """The record keeps both rankings: k-reciprocal re-ranking of the XQDA distances changes the
     metrics; the ones without it are those of the plain run (mAP > 12 as above)."""
-    record = _runner().run(
-        "SynthReIDTiny", str(datasets_root), str(tmp_path), "cpu", 16, (20, 6, 0.3)
-    )
+    record = runner.run("SynthReIDTiny", str(datasets_root), str(tmp_path), "cpu", 16, (20, 6, 0.3))
     assert record["name"] == "LOMO+XQDA +re-ranking"
     plain, reranked = record["metrics_without_rerank"], record["metrics"]
     assert plain["mAP"] > 12 and 0 < reranked["mAP"] <= 100
@@ -199,43 +195,54 @@ def test_runner_with_re_ranking(datasets_root, tmp_path):
     [
         (["--dataset", "NoSuchSet"], "Unknown dataset 'NoSuchSet'; registered datasets: "),
         (["--dataset", "Market1501"], "Dataset Market1501: "),
-        (["--dataset", "SynthReIDTiny", "--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
-def test_runner_bad_input_is_one_line(argv, message, tmp_path, capsys):
+def test_runner_bad_input_is_one_line(runner, argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _runner().main([*argv, "--root", str(tmp_path), "--output-dir", str(tmp_path)])
+        runner.main([*argv, "--root", str(tmp_path), "--output-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+def test_runner_refuses_a_batch_size_below_one(runner, tmp_path, capsys):
+    """A usage error of the command line (argparse's), before the dataset is looked at."""
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(["--dataset", "SynthReIDTiny", "--batch-size", "0",
+                        "--root", str(tmp_path), "--output-dir", str(tmp_path)])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "argument --batch-size: must be 1 or more, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "rerank, message",
     [
-        (["0", "-1", "0.3"], "--rerank K1 must be a whole number of at least 1, got 0"),
-        (["20", "0", "0.3"], "--rerank K2 must be a whole number of at least 1, got 0"),
-        (["20.5", "6", "0.3"], "--rerank K1 must be a whole number of at least 1, got 20.5"),
-        (["20", "6", "5"], "--rerank LAMBDA must be between 0 and 1, got 5"),
-        (["20", "6", "-0.1"], "--rerank LAMBDA must be between 0 and 1, got -0.1"),
+        (["0", "-1", "0.3"], "argument --rerank: K1 must be a whole number of at least 1, got 0"),
+        (["20", "0", "0.3"], "argument --rerank: K2 must be a whole number of at least 1, got 0"),
+        (
+            ["20.5", "6", "0.3"],
+            "argument --rerank: K1 must be a whole number of at least 1, got 20.5",
+        ),
+        (["20", "6", "5"], "argument --rerank: LAMBDA must be between 0 and 1, got 5"),
+        (["20", "6", "-0.1"], "argument --rerank: LAMBDA must be between 0 and 1, got -0.1"),
     ],
 )
-def test_runner_refuses_bad_re_ranking_before_it_starts(rerank, message, capsys):
+def test_runner_refuses_bad_re_ranking_before_it_starts(runner, rerank, message, capsys):
     """Refused with the command line, not by re_ranking after the whole extraction and fit."""
     with pytest.raises(SystemExit) as exit_info:
-        _runner().parse_args(["--rerank", *rerank])
+        runner.parse_args(["--rerank", *rerank])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
-    assert _runner().parse_args(["--rerank", "20", "6", "0"]).rerank == [20, 6, 0]
+    assert runner.parse_args(["--rerank", "20", "6", "0"]).rerank == [20, 6, 0]
 
 
 @pytest.mark.parametrize("sub", ["", "sub"])
-def test_runner_output_dir_is_checked_before_the_run(sub, tmp_path, capsys):
+def test_runner_output_dir_is_checked_before_the_run(runner, sub, tmp_path, capsys):
     """A file, or a folder under one: one line before the dataset is even looked at (its folder,
     here, is never generated), not a traceback once the record is written."""
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     out = str(a_file / sub) if sub else str(a_file)
     with pytest.raises(SystemExit) as exit_info:
-        _runner().main(["--dataset", "SynthReIDTiny", "--root", str(tmp_path / "datasets"),
+        runner.main(["--dataset", "SynthReIDTiny", "--root", str(tmp_path / "datasets"),
                         "--output-dir", out])  # fmt: skip
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: --output-dir: Cannot write")
