@@ -209,12 +209,14 @@ def read_state_dict(path, option="MODEL.WEIGHTS"):
     return _model_state(read_checkpoint(path, option), path)
 
 
-def read_checkpoint(path, option="MODEL.WEIGHTS"):
+def read_checkpoint(path, option="MODEL.WEIGHTS", mmap=False):
     """Read a checkpoint file without executing pickled code.
 
     Args:
         path (str): a checkpoint file.
         option (str): the config key or flag that named ``path``, for error messages.
+        mmap (bool): map the tensors instead of reading them
+            (:func:`kdreid.compat.load_checkpoint_file`).
 
     Returns:
         the file's content (a dict, for every checkpoint kdreid and FastReID write).
@@ -230,7 +232,7 @@ def read_checkpoint(path, option="MODEL.WEIGHTS"):
     if os.path.isdir(path) or not os.path.exists(path):
         raise WeightsError(f"{option} '{path}' {checkpoint_format_problem(path)}.")
     try:
-        return load_checkpoint_file(path)
+        return load_checkpoint_file(path, mmap=mmap)
     except CheckpointLoadError as exc:
         raise WeightsError(f"Cannot load checkpoint '{path}' ({option}): it {exc.problem}") from exc
 

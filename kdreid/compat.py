@@ -35,6 +35,7 @@ import pickle
 import sys
 import types
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -266,11 +267,13 @@ def checkpoint_format_problem(path):
     return None
 
 
-def load_checkpoint_file(path):
+def load_checkpoint_file(path, mmap=False):
     """Load a checkpoint without executing pickled code (``torch.load(weights_only=True)``).
 
     Args:
         path (str): a local file.
+        mmap (bool): map the tensors of a zip-format file (what ``torch.save`` writes) instead of
+            reading them: for a caller that needs only the checkpoint's small entries.
 
     Returns:
         dict: the checkpoint's content (tensors, numbers, strings and containers of them).
@@ -286,6 +289,8 @@ def load_checkpoint_file(path):
     if problem:
         raise CheckpointLoadError(path, f"{problem}.")
     try:
+        if mmap and zipfile.is_zipfile(path):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         with open(path, "rb") as f:
             return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
     except FileNotFoundError:

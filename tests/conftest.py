@@ -26,6 +26,17 @@ def load_script_module(path):
     return module
 
 
+def set_keys(cfg, **values):
+    """Set config keys given as ``**{"MODEL.HEADS.NUM_CLASSES": 4}``; returns ``cfg``."""
+    for key, value in values.items():
+        node = cfg
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return cfg
+
+
 def run_script(path, *argv, datasets_root, timeout=600):
     """Run the repository's script ``path`` (relative to the root) in its own process, from the
     root, on the datasets under ``datasets_root``; its output captured as text."""

@@ -45,7 +45,8 @@ def resumed_epoch(output_dir):
     tag = os.path.join(output_dir, "last_checkpoint")
     try:
         with open(tag) as f:
-            checkpoint = read_checkpoint(os.path.join(output_dir, f.read().strip()))
+            # mapped, not read: the tensors (optimizer state included) are loaded by the resume
+            checkpoint = read_checkpoint(os.path.join(output_dir, f.read().strip()), mmap=True)
     except (OSError, UserInputError):
         return 0
     epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None

@@ -17,7 +17,7 @@ from kdreid.config import get_cfg, merge_from_file, resolve_device
 from kdreid.engine import Trainer, main
 from kdreid.errors import ConfigError, WeightsError
 
-from ..conftest import REPO
+from ..conftest import REPO, set_keys
 
 TINY = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
 PROJECTS = ("MDPR", "FactorizedKD", "SpeedKD")
@@ -28,12 +28,7 @@ def _tiny_cfg(output_dir, **overrides):
     merge_from_file(cfg, TINY)
     cfg.OUTPUT_DIR = str(output_dir)
     cfg.KDREID.PROGRESS = False
-    for key, value in overrides.items():
-        node = cfg
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    set_keys(cfg, **overrides)
     resolve_device(cfg)
     return cfg
 

@@ -17,7 +17,8 @@ from kdreid.projects import installed
 from mdpr.config import PROJECT, builds_mdpr, check_mdpr_config
 from mdpr.modeling import MDPR, final_map_rows
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+from ...conftest import REPO, set_keys
+
 TINY = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")  # 64x32, last stride 1
 BASELINE = os.path.join(REPO, "configs", "Synthetic", "tiny.yml")
 
@@ -27,13 +28,7 @@ def _cfg(config=TINY, **opts):
     cfg.merge_from_file(config)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in opts.items():
-        node = cfg
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return cfg
+    return set_keys(cfg, **opts)
 
 
 def test_the_project_declares_its_checks():

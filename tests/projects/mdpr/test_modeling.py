@@ -20,7 +20,8 @@ from mdpr.layers import SyncFreeCircleSoftmax
 from mdpr.losses import cross_entropy_loss
 from mdpr.modeling import final_map_rows, load_trunk_weights
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+from ...conftest import REPO, set_keys
+
 TINY = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")
 DUKE = os.path.join(REPO, "configs", "MDPR", "DukeMTMC.yml")
 TSV = os.path.join(
@@ -50,13 +51,7 @@ def _cfg(config=TINY, **opts):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.HEADS.NUM_CLASSES = 6
     cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in opts.items():
-        node = cfg
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return cfg
+    return set_keys(cfg, **opts)
 
 
 def _model(seed=0, **opts):
