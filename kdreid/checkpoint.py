@@ -34,7 +34,7 @@ def prepare_output_dir(path):
         raise OutputDirError(f"Cannot write the output folder '{path}': it is a file, not a folder")
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write_test")
+        probe = os.path.join(path, f".write_test.{os.getpid()}")  # one per process
         with open(probe, "w"):
             pass
         os.remove(probe)

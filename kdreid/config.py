@@ -21,11 +21,14 @@ from kdreid import projects
 from kdreid.errors import ConfigError
 
 __all__ = [
+    "autocast_dtype",
     "check_device",
     "add_kdreid_config",
     "get_cfg",
     "merge_from_file",
     "merge_from_list",
+    "mixed_precision_runs",
+    "native_bfloat16",
     "resolve_device",
 ]
 
@@ -62,6 +65,18 @@ def add_kdreid_config(cfg: CfgNode) -> None:
     cfg.KDREID.SPEED = True
     # Name of the model in that record and in trade-off tables; "" uses the config file's name.
     cfg.KDREID.NAME = ""
+    # Extract evaluation features under autocast: bfloat16 on the CPU, float16 on CUDA (the
+    # descriptors are then compared in float32). Training's mixed precision is SOLVER.AMP.ENABLED.
+    cfg.KDREID.EVAL_AUTOCAST = False
+    # Mixed precision on the CPU (SOLVER.AMP.ENABLED, KDREID.EVAL_AUTOCAST) is bfloat16 autocast.
+    # "native": where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX, as oneDNN reports),
+    # else float32 with a warning: elsewhere torch emulates bfloat16 convolutions, several times
+    # slower than float32. "always": bfloat16 anyway (to check that a model runs in it).
+    cfg.KDREID.CPU_AMP = "native"
+    # On several processes, let DDP find at every step the parameters that get no gradient (an
+    # MDPR trained without its cross-entropy, an ablation): without it such a run fails at its
+    # second step. False saves a walk of the autograd graph per step where every parameter learns.
+    cfg.KDREID.FIND_UNUSED_PARAMETERS = True
 
     # The generic distiller (MODEL.META_ARCHITECTURE: KDReIDDistiller). Its teachers are FastReID's
     # KD.MODEL_CONFIG (config files) and KD.MODEL_WEIGHTS (one checkpoint per config).
@@ -338,12 +353,37 @@ def check_device(requested: str) -> str:
         ) from None
 
 
+def autocast_dtype(device) -> torch.dtype:
+    """The mixed-precision type on ``device``: float16 on CUDA (with gradient scaling, as
+    FastReID's AMP), bfloat16 on the CPU (float32's range: no scaling; AVX-512 BF16 and AMX
+    units run it natively)."""
+    return torch.float16 if str(device).startswith("cuda") else torch.bfloat16
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's AVX-512 BF16 / AMX kernels)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def mixed_precision_runs(cfg: CfgNode, device) -> bool:
+    """Whether mixed precision runs on ``device`` under ``KDREID.CPU_AMP``: always on CUDA; on the
+    CPU where bfloat16 is native, or with ``KDREID.CPU_AMP always``."""
+    if str(device).startswith("cuda"):
+        return True
+    return cfg.KDREID.CPU_AMP == "always" or native_bfloat16()
+
+
 def resolve_device(cfg: CfgNode) -> str:
-    """Turn ``MODEL.DEVICE`` into a device torch can use, and AMP off where it cannot run.
+    """Turn ``MODEL.DEVICE`` into a device torch can use.
 
     ``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cuda"`` without a GPU
-    becomes ``"cpu"`` with a warning. ``SOLVER.AMP.ENABLED`` is switched off on the CPU (FastReID's
-    AMP trainer is CUDA-only). Logs the choice once.
+    becomes ``"cpu"`` with a warning. Logs the choice once, and the precision that
+    ``SOLVER.AMP.ENABLED`` trains in there (:func:`autocast_dtype`); on a CPU where it would not
+    run natively (:func:`mixed_precision_runs`), ``SOLVER.AMP.ENABLED`` and
+    ``KDREID.EVAL_AUTOCAST`` are switched off with a warning.
 
     Args:
         cfg: a mutable config, modified in place.
@@ -361,9 +401,21 @@ def resolve_device(cfg: CfgNode) -> str:
     else:
         device = check_device(requested)
     cfg.MODEL.DEVICE = device
-    if device == "cpu" and cfg.SOLVER.AMP.ENABLED:
-        logger.info("SOLVER.AMP.ENABLED ignored: mixed precision training needs CUDA.")
-        cfg.SOLVER.AMP.ENABLED = False
+    for key in ("SOLVER.AMP.ENABLED", "KDREID.EVAL_AUTOCAST"):
+        section, name = key.rsplit(".", 1)
+        node = cfg.SOLVER.AMP if section == "SOLVER.AMP" else cfg.KDREID
+        if getattr(node, name) and not mixed_precision_runs(cfg, device):
+            logger.warning(
+                "%s ignored: this CPU (%s) has no native bfloat16 units (AVX-512 BF16 or AMX), "
+                "and torch's emulated bfloat16 convolutions are several times slower than "
+                "float32; running in float32. KDREID.CPU_AMP always forces bfloat16.",
+                key,
+                torch.backends.cpu.get_cpu_capability(),
+            )
+            setattr(node, name, False)
+    if cfg.SOLVER.AMP.ENABLED:
+        scaled = " with gradient scaling" if device.startswith("cuda") else ""
+        logger.info("Mixed precision training: %s autocast%s.", autocast_dtype(device), scaled)
     logger.info(
         "Running on %s%s.",
         device,

@@ -69,21 +69,22 @@ def user_message(exc):
     return message
 
 
-def report_user_errors(fn, *args):
+def report_user_errors(fn, *args, prefix=""):
     """Call ``fn(*args)``; bad input ends the process with one ``error:`` line and status 2.
 
     The traceback goes to the run's log files (``OUTPUT_DIR/log.txt``, where logging to one was
-    set up), not to the console.
+    set up), not to the console. ``prefix`` starts the message (``"rank 1: "``).
     """
     try:
         return fn(*args)
     except UserInputError as exc:
-        _log_to_files_only("User input error", exc)
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        log_to_files_only("User input error", exc)
+        print(f"error: {prefix}{user_message(exc)}", file=sys.stderr)
         sys.exit(2)
 
 
-def _log_to_files_only(message, exc):
+def log_to_files_only(message, exc):
+    """Write ``message`` and the traceback of ``exc`` to the log files only (not the console)."""
     record = logger.makeRecord(
         logger.name, logging.DEBUG, __file__, 0, message, None, (type(exc), exc, exc.__traceback__)
     )

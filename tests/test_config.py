@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from kdreid import config
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
 from kdreid.errors import ConfigError
 
@@ -77,15 +78,38 @@ def test_device_auto(monkeypatch, caplog):
     assert resolve_device(cfg) == "cuda"
 
 
-def test_cuda_without_gpu_falls_back_and_amp_is_switched_off(monkeypatch, caplog):
+def test_cuda_without_gpu_falls_back_to_the_cpu(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = get_cfg()
     cfg.MODEL.DEVICE = "cuda"
-    cfg.SOLVER.AMP.ENABLED = True
     with caplog.at_level(logging.WARNING, logger="kdreid.config"):
         assert resolve_device(cfg) == "cpu"
     assert "no GPU" in caplog.text
-    assert cfg.SOLVER.AMP.ENABLED is False
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("cpu_amp", ["native", "always"])
+def test_mixed_precision_on_the_cpu_is_bfloat16_where_it_is_native(
+    native, cpu_amp, monkeypatch, caplog
+):
+    """bfloat16 autocast on a CPU with bfloat16 units, or when forced; elsewhere float32, said."""
+    monkeypatch.setattr(config, "native_bfloat16", lambda: native)
+    cfg = get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.KDREID.EVAL_AUTOCAST = True
+    cfg.KDREID.CPU_AMP = cpu_amp
+    with caplog.at_level(logging.INFO, logger="kdreid.config"):
+        resolve_device(cfg)
+    runs = native or cpu_amp == "always"
+    assert cfg.SOLVER.AMP.ENABLED is runs and cfg.KDREID.EVAL_AUTOCAST is runs
+    if runs:
+        assert "Mixed precision training: torch.bfloat16 autocast." in caplog.text
+    else:
+        assert "SOLVER.AMP.ENABLED ignored: this CPU" in caplog.text
+        assert "KDREID.EVAL_AUTOCAST ignored: this CPU" in caplog.text
+    assert config.autocast_dtype("cpu") == torch.bfloat16
+    assert config.autocast_dtype("cuda:0") == torch.float16
 
 
 def test_bad_device_name():

@@ -1,10 +1,11 @@
-"""Hooks for FastReID's training loop that distillation needs."""
+"""Hooks for FastReID's training loop: distillation's warm-up, and one model on every rank."""
 
 from fastreid.engine.train_loop import HookBase
 
+from kdreid.engine import distributed
 from kdreid.meta_arch import unwrap
 
-__all__ = ["DistillationWarmup"]
+__all__ = ["DistillationWarmup", "SyncReplicas"]
 
 
 class DistillationWarmup(HookBase):
@@ -34,3 +35,22 @@ class DistillationWarmup(HookBase):
     def before_step(self):
         self.model.kd_scale = self.scale(self.trainer.iter)
         self.trainer.storage.put_scalar("kd_scale", self.model.kd_scale, smoothing_hint=False)
+
+
+class SyncReplicas(HookBase):
+    """At the end of every epoch, make the ranks' models one: average their BatchNorm statistics
+    (:func:`kdreid.engine.distributed.sync_buffers`; DDP keeps the weights equal, not the
+    buffers) and check that weights and buffers are identical byte for byte
+    (:func:`~kdreid.engine.distributed.check_replicas`, logged). Registered before the hooks that
+    evaluate and save the model, so what is evaluated during training is what is saved.
+
+    Args:
+        model: the model in its DDP wrapper.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def after_epoch(self):
+        distributed.sync_buffers(self.model)
+        distributed.check_replicas(self.model, f"Epoch {self.trainer.epoch + 1}")

@@ -22,7 +22,7 @@ from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_dev
 from kdreid.engine import validation
 from kdreid.errors import UserInputError
 
-__all__ = ["default_output_dir", "resumed_epoch", "seed", "setup", "write_config"]
+__all__ = ["default_output_dir", "load_config", "resumed_epoch", "seed", "setup", "write_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,39 @@ def _log_start(cfg, args):
     for name in ("fastreid", *projects.logger_names()):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name)
     logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    if torch.distributed.is_initialized():
+        logger.info(
+            "Process group: backend %s, world size %d, rank %d (local rank %d of %d), %d CPU "
+            "threads",
+            torch.distributed.get_backend(),
+            comm.get_world_size(),
+            rank,
+            comm.get_local_rank(),
+            comm.get_local_size(),
+            torch.get_num_threads(),
+        )
     logger.info("Environment info:\n%s", collect_env_info())
     logger.info("Command line arguments: %s", args)
     if args.config_file:
         with open(args.config_file, encoding="utf-8") as f:
             logger.info("Contents of args.config_file=%s:\n%s", args.config_file, f.read())
+
+
+def load_config(args, world_size=None):
+    """The merged config of ``--config-file`` and the command-line options, checked
+    (:func:`kdreid.engine.validation.check_config`), mutable, nothing written.
+
+    Args:
+        args: the parsed command line.
+        world_size (int): the processes the run will have (default: the process group's).
+    """
+    cfg = get_cfg()
+    if args.config_file:
+        merge_from_file(cfg, args.config_file)
+    validation.check_opts(args.opts or [])
+    merge_from_list(cfg, args.opts or [])
+    validation.check_config(cfg, training=not args.eval_only, world_size=world_size)
+    return cfg
 
 
 def setup(args):
@@ -101,12 +129,7 @@ def setup(args):
         ConfigError: the file is missing, a key is unknown or a value cannot work.
         OutputDirError: ``OUTPUT_DIR`` cannot be created or written.
     """
-    cfg = get_cfg()
-    if args.config_file:
-        merge_from_file(cfg, args.config_file)
-    validation.check_opts(args.opts or [])
-    merge_from_list(cfg, args.opts or [])
-    validation.check_config(cfg, training=not args.eval_only)
+    cfg = load_config(args)
     derived = os.path.normpath(cfg.OUTPUT_DIR) == "logs" and bool(args.config_file)
     if derived:
         cfg.OUTPUT_DIR = default_output_dir(args.config_file, args.eval_only)

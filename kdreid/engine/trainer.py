@@ -7,12 +7,15 @@ extraction progress, logs every ``KDREID.LOG_PERIOD`` iterations, stops its data
 background work on failure, and reports how far ``--resume`` got.
 """
 
+import contextlib
+import json
 import logging
 import queue
 import sys
 import threading
 import time
 
+import torch
 from fastreid.data.build import (
     _test_loader_from_config,
     build_reid_test_loader,
@@ -20,21 +23,29 @@ from fastreid.data.build import (
 )
 from fastreid.data.transforms import build_transforms as fastreid_transforms
 from fastreid.engine import DefaultTrainer, hooks
-from fastreid.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from fastreid.engine.train_loop import SimpleTrainer, TrainerBase
 from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
-from torch.nn.parallel import DistributedDataParallel
+from fastreid.utils.params import ContiguousParams
 from tqdm import tqdm
 
 from kdreid.checkpoint import AtomicCheckpointer
-from kdreid.engine import validation
-from kdreid.engine.hooks import DistillationWarmup
+from kdreid.config import autocast_dtype
+from kdreid.engine import distributed, validation
+from kdreid.engine.hooks import DistillationWarmup, SyncReplicas
 from kdreid.errors import UserInputError
 from kdreid.evaluation import ReidEvaluator
-from kdreid.meta_arch import distils
+from kdreid.meta_arch import distils, unwrap
 
-__all__ = ["Trainer", "ProgressLoader", "stop_prefetching"]
+__all__ = [
+    "AutocastForward",
+    "MixedPrecisionLoop",
+    "Trainer",
+    "ProgressLoader",
+    "autocast",
+    "stop_prefetching",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +111,75 @@ def stop_prefetching(loader, timeout=60.0):
         shutdown_workers()
 
 
+def autocast(device, enabled=True):
+    """Autocast on ``device`` in its mixed-precision type (:func:`kdreid.config.autocast_dtype`):
+    float16 on CUDA, bfloat16 on the CPU; a no-op context when not ``enabled``."""
+    if not enabled:
+        return contextlib.nullcontext()
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=autocast_dtype(device.type))
+
+
+class AutocastForward(torch.nn.Module):
+    """``model`` whose forward runs under :func:`autocast` and returns float32: the features are
+    extracted in mixed precision, then ranked in float32.
+
+    Args:
+        model: the model (its ``train()`` / ``eval()`` pass through).
+        device (str): its device.
+    """
+
+    def __init__(self, model, device):
+        super().__init__()
+        self.model = model
+        self.device = device
+
+    def forward(self, inputs):
+        with autocast(self.device):
+            outputs = self.model(inputs)
+        return outputs.float() if torch.is_tensor(outputs) else outputs
+
+
+class MixedPrecisionLoop(SimpleTrainer):
+    """FastReID's training step with the forward and the losses under autocast
+    (``SOLVER.AMP.ENABLED``): float16 with gradient scaling on CUDA, as FastReID's ``AMPTrainer``,
+    and bfloat16 on the CPU, which needs no scaling (float32's exponent range). FastReID's
+    ``AMPTrainer`` is CUDA-only.
+
+    Args:
+        model, data_loader, optimizer, param_wrapper: as for ``SimpleTrainer``.
+        device (str): the model's device.
+    """
+
+    def __init__(self, model, data_loader, optimizer, param_wrapper, device):
+        super().__init__(model, data_loader, optimizer, param_wrapper)
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        self.grad_scaler = torch.amp.GradScaler("cuda") if cuda else None
+
+    def run_step(self):
+        if not self.model.training:
+            raise RuntimeError("MixedPrecisionLoop: the model was put in eval mode")
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with autocast(self.device):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        if self.grad_scaler is None:
+            losses.backward()
+            self._write_metrics(loss_dict, data_time)
+            self.optimizer.step()
+        else:
+            self.grad_scaler.scale(losses).backward()
+            self._write_metrics(loss_dict, data_time)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        if isinstance(self.param_wrapper, ContiguousParams):
+            self.param_wrapper.assert_buffer_is_valid()
+
+
 class _HideUserErrors(logging.Filter):
     """Drops FastReID's "Exception during training" record (with its traceback) when the exception
     is bad input: the entry point prints it as one line and writes the traceback to the log file."""
@@ -134,12 +214,14 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         validation.check_built(cfg, model, data_loader.dataset)
         optimizer, param_wrapper = self.build_optimizer(cfg, model)
-        if comm.get_world_size() > 1:
-            model = DistributedDataParallel(
-                model, device_ids=[comm.get_local_rank()], broadcast_buffers=False
+        model = distributed.wrap_model(cfg, model)  # DDP when there is a process group
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = MixedPrecisionLoop(
+                model, data_loader, optimizer, param_wrapper, cfg.MODEL.DEVICE
             )
-        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = loop(model, data_loader, optimizer, param_wrapper)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer, param_wrapper)
+        scaler = getattr(self._trainer, "grad_scaler", None)
         self.iters_per_epoch = len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
         self.checkpointer = AtomicCheckpointer(
@@ -148,6 +230,7 @@ class Trainer(DefaultTrainer):
             save_to_disk=comm.is_main_process(),
             optimizer=optimizer,
             **self.scheduler,
+            **({"grad_scaler": scaler} if scaler is not None else {}),
         )
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
@@ -223,6 +306,8 @@ class Trainer(DefaultTrainer):
             self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
 
+        if comm.get_world_size() > 1:
+            ret.append(SyncReplicas(self.model))  # before what evaluates or saves the model
         # FastReID's EvalHook divides by its period: 0 becomes a period past the last epoch.
         period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else self.max_epoch + 1
         ret.append(hooks.EvalHook(period, test_and_save_results))
@@ -312,19 +397,29 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model):
         """Evaluate ``model`` on every dataset in ``cfg.DATASETS.TESTS``.
 
+        On several processes each extracts its share of the images (the model itself, outside
+        its DDP wrapper: the shares may differ by a batch) and rank 0 ranks them. Under
+        autocast with ``KDREID.EVAL_AUTOCAST``.
+
         Returns:
             dict: metrics (percent) of the one test set, or a dict of them per test set.
         """
         results = {}
+        model = unwrap(model)
         for dataset_name in cfg.DATASETS.TESTS:
             data_loader, evaluator = cls.build_evaluator(cfg, dataset_name)
             loader = ProgressLoader(
                 data_loader, f"Extracting {dataset_name}", enabled=cfg.KDREID.PROGRESS
             )
+            extractor = (
+                AutocastForward(model, cfg.MODEL.DEVICE) if cfg.KDREID.EVAL_AUTOCAST else model
+            )
             results_i = inference_on_dataset(
-                model, loader, evaluator, flip_test=cfg.TEST.FLIP.ENABLED
+                extractor, loader, evaluator, flip_test=cfg.TEST.FLIP.ENABLED
             )
             if comm.is_main_process():
+                exact = {k: float(v) for k, v in results_i.items() if isinstance(v, int | float)}
+                logger.info("Evaluation results for %s: %s", dataset_name, json.dumps(exact))
                 logger.info("Evaluation results for %s in csv format:", dataset_name)
                 results_i["dataset"] = dataset_name
                 print_csv_format(results_i)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
-from kdreid.engine import Trainer, launch_main, seed, setup
+from kdreid.engine import Trainer, seed, setup
 from kdreid.errors import ConfigError, OutputDirError
 
 from ..conftest import REPO
@@ -62,16 +62,6 @@ def test_setup_refuses_an_output_dir_it_cannot_write(tmp_path, make):
 def test_a_flag_after_the_overrides_is_named(tmp_path):
     with pytest.raises(ConfigError, match="'--eval-only' comes after the KEY VALUE config options"):
         setup(args(tmp_path / "run", "MODEL.WEIGHTS", "w.pth", "--eval-only", "--resume"))
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_several_machines_without_cuda_is_one_line(tmp_path, capsys):
-    launch_args = args(tmp_path / "run")
-    launch_args.num_machines = 2
-    with pytest.raises(SystemExit) as info:
-        launch_main(launch_args)
-    assert info.value.code == 2
-    assert capsys.readouterr().err.startswith("error: --num-machines 2 needs CUDA")
 
 
 @pytest.mark.parametrize("value", [0, -1])

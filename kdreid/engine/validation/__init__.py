@@ -26,6 +26,7 @@ from kdreid.engine.validation.config import (
     check_core_config,
     check_distiller,
     check_opts,
+    check_processes,
 )
 from kdreid.engine.validation.pretrained import check_pretrained, load_error
 from kdreid.engine.validation.values import check_registered, registered_names
@@ -38,6 +39,7 @@ __all__ = [
     "check_built",
     "check_config",
     "check_opts",
+    "check_processes",
     "check_pretrained",
     "check_registered",
     "load_error",
@@ -45,18 +47,20 @@ __all__ = [
 ]
 
 
-def check_config(cfg, training=True):
+def check_config(cfg, training=True, world_size=None):
     """Stage 1: refuse a config that cannot work, before any model or data loader is built.
 
     Args:
         cfg: the merged config.
         training (bool): the run trains (False: ``--eval-only`` or an inference tool, which ignore
             the training keys).
+        world_size (int): the processes the run will have (default: the process group's; the
+            launcher checks before it starts them).
 
     Raises:
         ConfigError: naming the key, its value and what would work.
     """
-    check_core_config(cfg, training)
+    check_core_config(cfg, training, world_size)
     check_distiller(cfg, training)
     for project in projects.installed():
         if project.check_config is not None:

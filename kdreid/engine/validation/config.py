@@ -26,6 +26,8 @@ __all__ = [
     "check_core_config",
     "check_distiller",
     "check_opts",
+    "check_processes",
+    "SYNC_NORMS",
     "FASTREID_LOSSES",
     "IDENTITY_SAMPLERS",
     "LR_SCHEDULERS",
@@ -68,7 +70,7 @@ def check_opts(opts):
         )
 
 
-def check_core_config(cfg, training=True):
+def check_core_config(cfg, training=True, world_size=None):
     """Refuse values of FastReID's and kdreid's keys that cannot work.
 
     Always: ``TEST.IMS_PER_BATCH`` >= 1, ``DATASETS.TESTS`` registered, ``TEST.METRIC`` one the
@@ -76,18 +78,23 @@ def check_core_config(cfg, training=True):
     ``INPUT.SIZE_TRAIN`` a ``[height, width]``,
     ``SOLVER.IMS_PER_BATCH`` and ``SOLVER.MAX_EPOCH`` >= 1, ``DATASETS.NAMES`` registered, a known
     ``DATALOADER.SAMPLER_TRAIN``, and for identity samplers a batch that splits evenly over the
-    processes and then into ``DATALOADER.NUM_INSTANCE`` images per identity.
+    processes and then into ``DATALOADER.NUM_INSTANCE`` images per identity. On several processes,
+    what :func:`check_processes` checks.
 
     Args:
         cfg: the merged config.
         training (bool): the run trains (not ``--eval-only``).
+        world_size (int): the processes the run will have (default: the process group's).
 
     Raises:
         ConfigError: naming the key, its value and what would work.
     """
+    world = comm.get_world_size() if world_size is None else world_size
     positive(cfg, "TEST.IMS_PER_BATCH")
+    check_processes(cfg, world, training)
     image_size(cfg, "INPUT.SIZE_TEST")
     at_least(cfg, "DATALOADER.NUM_WORKERS", 0)
+    one_of(cfg, "KDREID.CPU_AMP", ("native", "always"))
     if str(cfg.MODEL.DEVICE) != "auto":
         check_device(str(cfg.MODEL.DEVICE))
     registered(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, "model")
@@ -152,14 +159,14 @@ def check_core_config(cfg, training=True):
             f"DATALOADER.SAMPLER_TRAIN '{sampler}' is not a training sampler of FastReID's; use "
             f"one of {', '.join(TRAINING_SAMPLERS)}."
         )
+    if batch % world:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {batch} (the global batch) does not split evenly over {world} "
+            f"processes: use a multiple of {world}."
+        )
     if sampler not in IDENTITY_SAMPLERS:
         return
     instances = positive(cfg, "DATALOADER.NUM_INSTANCE")
-    world = comm.get_world_size()
-    if batch % world:
-        raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH {batch} does not split evenly over {world} processes."
-        )
     per_process = batch // world
     if per_process % instances:
         where = f" per process ({batch} / {world})" if world > 1 else ""
@@ -169,6 +176,47 @@ def check_core_config(cfg, training=True):
             f"(SOLVER.IMS_PER_BATCH): the sampler would never complete a batch. Use a multiple "
             f"of {instances} for the batch, or a NUM_INSTANCE that divides {per_process}."
         )
+
+
+SYNC_NORMS = ("syncBN",)
+"""``*.NORM`` values of FastReID's ``get_norm`` that synchronise statistics across processes
+(torch's ``SyncBatchNorm``, which runs on CUDA only)."""
+
+
+def _requested_device(cfg):
+    device = str(cfg.MODEL.DEVICE)
+    if device == "auto" or (device.startswith("cuda") and not torch.cuda.is_available()):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def check_processes(cfg, world_size, training=True):
+    """What a run on ``world_size`` processes needs: a test batch of at least one image per
+    process (FastReID splits ``TEST.IMS_PER_BATCH`` over them) and, on the CPU, no synchronised
+    BatchNorm (torch's ``SyncBatchNorm`` is CUDA-only).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    if world_size <= 1:
+        return
+    if cfg.TEST.IMS_PER_BATCH < world_size:
+        raise ConfigError(
+            f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} is split over {world_size} processes "
+            f"(the global test batch): use at least {world_size}."
+        )
+    if not training or _requested_device(cfg) != "cpu":
+        return
+    for key in ("MODEL.BACKBONE.NORM", "MODEL.HEADS.NORM"):
+        node, name = cfg, key.split(".")
+        for part in name:
+            node = getattr(node, part, None)
+        if node in SYNC_NORMS:
+            raise ConfigError(
+                f"{key} {node}: torch's SyncBatchNorm runs on CUDA only, and these "
+                f"{world_size} processes train on the CPU; use BN (each process normalises its "
+                "own share of the batch)."
+            )
 
 
 def check_distiller(cfg, training=True):
