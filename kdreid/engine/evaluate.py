@@ -84,6 +84,11 @@ def evaluate_only(cfg, trainer_cls, config_file=""):
     if cfg.KDREID.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
     results = trainer_cls.test(cfg, model)
+    if cfg.KDREID.SPEED and comm.get_world_size() > 1:
+        comm.synchronize()  # the other processes are done: rank 0 measures alone
+        cpu = not str(cfg.MODEL.DEVICE).startswith("cuda")
+        if comm.is_main_process() and cpu and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores the launcher shared
     if cfg.KDREID.SPEED and comm.is_main_process():
         record = speed_accuracy_record(cfg, deployed_model(model), results, config_file)
         record.update(record_extras(model))

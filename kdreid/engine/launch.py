@@ -205,6 +205,21 @@ def _plan(args):
     )
 
 
+def _exception_line(trace, limit=300):
+    """The exception's own first line (``Type: message``) of a formatted traceback: the first
+    unindented line after the last frame, cut at ``limit`` characters; a DDP reduction error gets
+    the key that fixes it."""
+    lines = trace.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]
+    after = lines[frames[-1] + 1 :] if frames else lines[-1:]
+    line = next((x for x in after if x.strip()), "an exception").strip()
+    if len(line) > limit:
+        line = line[: limit - 3] + "..."
+    if "Expected to have finished reduction" in trace:
+        line += " (parameters without a gradient: set KDREID.FIND_UNUSED_PARAMETERS True)"
+    return line
+
+
 def _join(context, plan):
     """Wait for the processes; the first that fails ends them all (torch terminates the others)
     and is named. Returns the exit status."""
@@ -215,7 +230,7 @@ def _join(context, plan):
         rank = plan.machine_rank * plan.per_machine + exc.error_index
         trace = str(exc).strip()
         print(trace, file=sys.stderr)
-        last = trace.splitlines()[-1] if trace else "an exception"
+        last = _exception_line(trace)
         others = plan.per_machine - 1
         log = f"log.txt.rank{rank}" if rank else "log.txt"
         print(

@@ -10,6 +10,7 @@ background work on failure, and reports how far ``--resume`` got.
 import contextlib
 import json
 import logging
+import numbers
 import queue
 import sys
 import threading
@@ -418,7 +419,7 @@ class Trainer(DefaultTrainer):
                 extractor, loader, evaluator, flip_test=cfg.TEST.FLIP.ENABLED
             )
             if comm.is_main_process():
-                exact = {k: float(v) for k, v in results_i.items() if isinstance(v, int | float)}
+                exact = {k: float(v) for k, v in results_i.items() if isinstance(v, numbers.Real)}
                 logger.info("Evaluation results for %s: %s", dataset_name, json.dumps(exact))
                 logger.info("Evaluation results for %s in csv format:", dataset_name)
                 results_i["dataset"] = dataset_name

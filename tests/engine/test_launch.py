@@ -151,3 +151,18 @@ def test_buffers_are_averaged_and_replicas_checked_on_two_processes():
         assert mean == [0.5] * 4 and var == [2.0] * 4  # averaged
         assert tracked == 7  # rank 0's counter
     assert results[0][4] == results[1][4]
+
+
+def test_the_failed_rank_is_summed_up_by_its_exception_line():
+    trace = (
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "    g()\n"
+        "RuntimeError: Expected to have finished reduction in the prior iteration.\n"
+        "In addition, you can set TORCH_DISTRIBUTED_DEBUG\n"
+    )
+    assert launch._exception_line(trace) == (
+        "RuntimeError: Expected to have finished reduction in the prior iteration. (parameters "
+        "without a gradient: set KDREID.FIND_UNUSED_PARAMETERS True)"
+    )
+    assert launch._exception_line("ValueError: " + "x" * 400).endswith("x...")
