@@ -31,7 +31,10 @@ setup(
         for sub in ["", *find_packages(path)]
     ],
     package_dir=PROJECTS,
-    install_requires=requirements + ["torch>=2.1", "torchvision>=0.16"],
+    # The torch range that is tested (requirements.txt pins 2.14.1), not one merely hoped for:
+    # weights are read with weights_only=True, and torch < 2.6 would unpickle by default where
+    # any of FastReID's loads escaped kdreid's repairs.
+    install_requires=requirements + ["torch>=2.14,<2.15", "torchvision>=0.29,<0.30"],
     extras_require={"gpu": ["faiss-gpu"]},
     entry_points={
         # What each project plugs into the core (kdreid.projects.Project: its config keys and

@@ -21,6 +21,10 @@ no run-time Cython                     ``ReidEvaluator`` runs ``make`` and     (
 no ``sys.exit`` in ``verify_results``  a failed check kills the process        (always)
 weights-only checkpoint loading        ``Checkpointer`` unpickles arbitrary    (always; torch < 2.6
                                        objects                                 by default)
+weights-only backbone weights          the backbone builders' ``torch.load``   (always; torch < 2.6
+                                       of ``PRETRAIN_PATH`` unpickles          by default, or with
+                                       arbitrary objects                       ``TORCH_FORCE_NO_
+                                                                               WEIGHTS_ONLY_LOAD``)
 =====================================  ======================================  ====================
 """
 
@@ -280,8 +284,10 @@ def load_checkpoint_file(path, mmap=False):
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        CheckpointLoadError: ``path`` is a directory, empty, not a torch checkpoint, truncated, or
-            holds pickled objects other than tensors and plain containers.
+        CheckpointLoadError: ``path`` is a directory, empty, not a torch checkpoint, truncated,
+            holds pickled objects other than tensors and plain containers, or (read whole, not
+            mapped) a tensor with NaN or inf (:func:`check_finite`; a mapped read is for the
+            small entries only and is not checked).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(2, "No such file or directory", path)
@@ -292,7 +298,7 @@ def load_checkpoint_file(path, mmap=False):
         if mmap and zipfile.is_zipfile(path):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         with open(path, "rb") as f:
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+            content = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as exc:
@@ -310,6 +316,52 @@ def load_checkpoint_file(path, mmap=False):
             path,
             f"is truncated or corrupt ({type(exc).__name__}: {str(exc).split('. ')[0]}).",
         ) from exc
+    check_finite(path, content)
+    return content
+
+
+def _finite(value):
+    """Whether every number of a floating tensor is finite (min and max propagate NaN; no copy)."""
+    if not value.is_floating_point() or value.numel() == 0:
+        return True
+    return all(bool(torch.isfinite(x)) for x in torch.aminmax(value))
+
+
+def non_finite_tensors(content, prefix=""):
+    """The keys (dotted, through nested dicts, lists and tuples) of the floating tensors of
+    ``content`` that hold a NaN or an infinity, in the file's order."""
+    if torch.is_tensor(content):
+        return [] if _finite(content) else [prefix or "(the tensor)"]
+    if isinstance(content, dict):
+        items = content.items()
+    elif isinstance(content, list | tuple):
+        items = enumerate(content)
+    else:
+        return []
+    bad = []
+    for key, value in items:
+        bad += non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return bad
+
+
+def check_finite(path, content):
+    """Refuse weights holding NaN or inf: they evaluate to meaningless metrics or train silently.
+
+    Args:
+        path (str): the file, for the message.
+        content: what :func:`load_checkpoint_file` read from it.
+
+    Raises:
+        CheckpointLoadError: naming the tensors with a NaN or inf (the first ten) and how many.
+    """
+    bad = non_finite_tensors(content)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise CheckpointLoadError(
+            path,
+            f"has NaN or infinite values in {len(bad)} tensor{'s' if len(bad) > 1 else ''} "
+            f"({shown}): the run that wrote it diverged; use an earlier checkpoint.",
+        )
 
 
 def weights_only_checkpoints():
@@ -320,6 +372,42 @@ def weights_only_checkpoints():
         return load_checkpoint_file(f)
 
     Checkpointer._load_file = _load_file
+
+
+BACKBONE_MODULES = (
+    "resnet", "mobilenet", "mobilenetv3", "osnet", "resnest", "resnext", "regnet.regnet",
+    "regnet.effnet", "repvgg", "vision_transformer", "shufflenet",
+)  # fmt: skip
+"""The ``fastreid.modeling.backbones`` modules whose builders ``torch.load`` weights."""
+
+
+class _TorchWithWeightsOnlyLoad(types.ModuleType):
+    """:mod:`torch` as a backbone module sees it: every attribute is torch's, but ``load`` reads
+    the file with :func:`load_checkpoint_file` (``weights_only=True``, stated explicitly, which
+    no environment variable overrides), whatever the caller passes."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, map_location=None, *args, **kwargs):
+        return load_checkpoint_file(os.fspath(f))
+
+
+def weights_only_backbone_weights():
+    """FastReID's backbone builders read ``MODEL.BACKBONE.PRETRAIN_PATH`` (and their download
+    cache) with ``torch.load(path, map_location=...)``, no ``weights_only``: full unpickling on
+    torch < 2.6, and on any torch with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the environment.
+    Each of those modules now sees a ``torch`` whose ``load`` is weights-only; nothing else of
+    torch changes, for them or anyone. A bad file raises :class:`CheckpointLoadError`."""
+    safe_torch = _TorchWithWeightsOnlyLoad()
+    for name in BACKBONE_MODULES:
+        module = importlib.import_module(f"fastreid.modeling.backbones.{name}")
+        if getattr(module, "torch", None) is torch:
+            module.torch = safe_torch
 
 
 def short_run_metric_printer():
@@ -351,6 +439,7 @@ _REPAIRS = (
     no_runtime_cython,
     verify_results_raises,
     weights_only_checkpoints,
+    weights_only_backbone_weights,
     short_run_metric_printer,
 )
 

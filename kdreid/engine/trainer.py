@@ -32,10 +32,11 @@ from fastreid.utils.params import ContiguousParams
 from tqdm import tqdm
 
 from kdreid.checkpoint import AtomicCheckpointer
+from kdreid.compat import CheckpointLoadError
 from kdreid.config import autocast_dtype
 from kdreid.engine import distributed, validation
 from kdreid.engine.hooks import DistillationWarmup, SyncReplicas
-from kdreid.errors import UserInputError
+from kdreid.errors import UserInputError, WeightsError
 from kdreid.evaluation import ReidEvaluator
 from kdreid.meta_arch import distils, unwrap
 
@@ -273,6 +274,11 @@ class Trainer(DefaultTrainer):
         validation.check_pretrained(cfg)
         try:
             return super().build_model(cfg)
+        except CheckpointLoadError as exc:  # a builder's own (weights-only) read of the file
+            raise WeightsError(
+                f"Cannot load checkpoint '{exc.path}' (MODEL.BACKBONE.PRETRAIN_PATH): it "
+                f"{exc.problem}"
+            ) from exc
         except RuntimeError as exc:
             error = validation.load_error(cfg, exc)
             if error is None:

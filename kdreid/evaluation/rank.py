@@ -486,6 +486,8 @@ def evaluate_rank(
     if ap not in ("standard", "trapezoid"):
         raise ValueError(f"ap must be 'standard' or 'trapezoid', got {ap!r}")
     if use_metric_cuhk03:
+        if num_q:  # the same refusal of NaN and inf as below, before numpy ranks them silently
+            _block_distances(inputs.distmat, 0, num_q)
         return _evaluate_cuhk03(inputs, min(int(max_rank), num_g))
     if chunk_size is None:
         chunk_size = default_chunk_size(num_g)

@@ -326,23 +326,6 @@ def _num_classes(state: dict, src: str) -> int:
     return int(weight.shape[0])
 
 
-def _finite(value: torch.Tensor) -> bool:
-    """Whether every number of ``value`` is finite (min and max propagate NaN; no copy)."""
-    if not value.is_floating_point() or value.numel() == 0:
-        return True
-    return all(bool(torch.isfinite(x)) for x in torch.aminmax(value))
-
-
-def _check_finite(state: dict, src: str) -> None:
-    bad = sorted(k for k, v in state.items() if not _finite(v))
-    if bad:
-        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise WeightsError(
-            f"'{src}' has NaN or infinite values in {len(bad)} tensors ({shown}): the training run "
-            "diverged before this checkpoint; convert an earlier one."
-        )
-
-
 def _same_file(a: str, b: str) -> bool:
     if os.path.exists(a) and os.path.exists(b):
         return os.path.samefile(a, b)
@@ -389,7 +372,6 @@ def convert(src: str, dst: str, config_file: str = DEFAULT_CONFIG, opts=()) -> C
             + "\n".join(f"  - {h.message}" for h in hints)
             + f"\nConvert with these options: {options}"
         )
-    _check_finite(state, src)
     try:
         fit_state_dict(model, state, f"'{src}'")
     except WeightsError as exc:

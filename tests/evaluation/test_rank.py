@@ -276,12 +276,20 @@ def test_rejects_mismatched_inputs(position, bad, message):
         evaluate_rank(*case)
 
 
+@pytest.mark.parametrize("cuhk03", [False, True])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-def test_rejects_non_finite_distances(value):
+def test_rejects_non_finite_distances(value, cuhk03):
     case = list(valid_case())
     case[0][4, 7] = value
     with pytest.raises(ValueError, match=r"NaN or inf \(first in query row 4\)"):
-        evaluate_rank(*case, chunk_size=2)
+        evaluate_rank(*case, chunk_size=2, use_metric_cuhk03=cuhk03)
+
+
+def test_cuhk03_rejects_an_all_nan_matrix():
+    case = list(valid_case())
+    case[0][:] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf \(first in query row 0\)"):
+        evaluate_rank(*case, use_metric_cuhk03=True)
 
 
 def test_rejects_empty_gallery_and_query():
