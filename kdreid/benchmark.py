@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Iterable
 
@@ -339,26 +338,13 @@ def profile_model(
 
 
 def write_record(path: str | os.PathLike, record: dict) -> None:
-    """Write ``record`` as JSON to ``path`` atomically: a reader sees the old file or the new one.
+    """Write ``record`` as JSON to ``path`` atomically (:func:`kdreid.checkpoint.atomic_write`): a
+    reader sees the old file or the new one. The parent directory is created if needed."""
+    from kdreid.checkpoint import atomic_write
 
-    The parent directory is created if needed; the temporary file lives in it (so ``os.replace``
-    is a rename on one file system) and is removed if anything fails.
-    """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(record, indent=2) + "\n"), mode="w")
 
 
 def read_records(paths_or_dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[dict]:

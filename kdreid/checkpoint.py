@@ -1,5 +1,7 @@
 """Checkpoints that survive a crash mid-write, and strict loading of weights for evaluation."""
 
+import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -19,6 +21,7 @@ __all__ = [
     "load_weights_strict",
     "read_checkpoint",
     "read_state_dict",
+    "remove_stale_temporaries",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,29 +47,89 @@ def prepare_output_dir(path):
         ) from exc
 
 
+TEMP_SUFFIX = ".tmp"
+"""What :func:`atomic_write`'s temporary files end with (``.<name>.<random>.tmp``)."""
+
+# Errors of the file system rather than of the writer: a full disk, a quota, a read-only mount.
+_FOLDER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _umask():
+    """The process's umask, read without changing it where Linux says it (``/proc``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write_fn, mode="wb"):
     """Write a file so that readers see either the old content or the complete new one.
 
-    The content goes to a temporary file in the same folder, is flushed to disk, and replaces
-    ``path`` with one ``os.replace``. A crash at any point leaves the previous file intact.
+    The content goes to a temporary file in the same folder, is flushed to disk, gets the
+    permissions a plain ``open`` would give it (``0o666`` less the umask; ``mkstemp`` makes it
+    ``0o600``, unreadable to a team sharing the folder), and replaces ``path`` with one
+    ``os.replace``. A crash at any point leaves the previous file intact; a temporary file left
+    by a killed process is removed by the next run that claims the folder
+    (:func:`remove_stale_temporaries`).
 
     Args:
         path (str): the destination.
         write_fn (Callable[[IO], None]): writes the content to the open temporary file.
         mode (str): ``"wb"`` or ``"w"``.
+
+    Raises:
+        OutputDirError: the folder's file system refused the write (full, over quota,
+            read-only, no permission); the previous file is intact.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=folder
+        )
+    except OSError as exc:
+        raise _folder_error(path, folder, exc) from exc
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in _FOLDER_ERRNOS:
+            raise _folder_error(path, folder, exc) from exc
         raise
+
+
+def _folder_error(path, folder, exc):
+    kept = " (the previous file is intact)" if os.path.exists(path) else ""
+    return OutputDirError(
+        f"Cannot write '{os.path.basename(path)}' in '{folder}': {exc.strerror or exc}{kept}. "
+        "Free some space there, or write to another folder (OUTPUT_DIR)."
+    )
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files of :func:`atomic_write` that a killed writer left in
+    ``folder``; call it only while holding the folder (no other writer there). Returns their
+    names."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    stale = [n for n in names if n.startswith(".") and n.endswith(TEMP_SUFFIX)]
+    for name in stale:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, name))
+    return stale
 
 
 class AtomicCheckpointer(Checkpointer):

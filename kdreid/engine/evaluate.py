@@ -80,7 +80,7 @@ def evaluate_only(cfg, trainer_cls, config_file=""):
     inference_config(cfg)
     cfg.freeze()
     model = inference_model(cfg, trainer_cls.build_model)
-    write_config(cfg)
+    write_config(cfg, eval_only=True)
     if cfg.KDREID.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
     results = trainer_cls.test(cfg, model)

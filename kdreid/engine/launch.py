@@ -26,7 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from kdreid.engine import distributed
 from kdreid.engine.evaluate import evaluate_only
-from kdreid.engine.setup import load_config, setup, write_config
+from kdreid.engine.setup import claim_output_dir, load_config, setup, write_config
 from kdreid.engine.trainer import Trainer
 from kdreid.errors import log_to_files_only, report_user_errors
 
@@ -67,6 +67,12 @@ def default_argument_parser():
                 "or auto: a free port on this machine"
             )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into an OUTPUT_DIR that holds another run's checkpoints, replacing them "
+        "(without it such a folder is refused; --resume continues that run instead)",
+    )
+    parser.add_argument(
         "--dist-timeout",
         type=float,
         default=1800.0,
@@ -86,10 +92,12 @@ def main(args, trainer_cls=Trainer):
     cfg = setup(args)
     if args.eval_only:
         return evaluate_only(cfg, trainer_cls, config_file=args.config_file)
-    trainer = trainer_cls(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    write_config(trainer.cfg)  # the model, the data and the weights are in place
-    return trainer.train()
+    overwrite = getattr(args, "overwrite", False)
+    with claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=overwrite):
+        trainer = trainer_cls(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        write_config(trainer.cfg)  # the model, the data and the weights are in place
+        return trainer.train()
 
 
 def _main_reporting_errors(args, trainer_cls, rank=None):

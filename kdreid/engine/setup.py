@@ -6,6 +6,8 @@ FastReID's ``default_setup`` seeds with a random value, writes ``config.yaml`` b
 checked and logs to its own logger only; :func:`setup` replaces it.
 """
 
+import contextlib
+import fcntl
 import logging
 import os
 
@@ -17,12 +19,29 @@ from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
 from kdreid import projects
-from kdreid.checkpoint import atomic_write, prepare_output_dir, read_checkpoint
+from kdreid.checkpoint import (
+    atomic_write,
+    prepare_output_dir,
+    read_checkpoint,
+    remove_stale_temporaries,
+)
 from kdreid.config import get_cfg, merge_from_file, merge_from_list, resolve_device
 from kdreid.engine import validation
-from kdreid.errors import UserInputError
+from kdreid.errors import OutputDirError, UserInputError
 
-__all__ = ["default_output_dir", "load_config", "resumed_epoch", "seed", "setup", "write_config"]
+__all__ = [
+    "claim_output_dir",
+    "default_output_dir",
+    "load_config",
+    "resumed_epoch",
+    "run_files",
+    "seed",
+    "setup",
+    "write_config",
+]
+
+LOCK_NAME = ".kdreid.lock"
+"""The file a training run holds locked (``flock``) in its ``OUTPUT_DIR`` while it runs."""
 
 logger = logging.getLogger(__name__)
 
@@ -146,14 +165,82 @@ def setup(args):
     return cfg
 
 
-def write_config(cfg):
+def run_files(output_dir):
+    """The files in ``output_dir`` that a training run leaves there: its checkpoints
+    (``model_*.pth``) and ``last_checkpoint``, sorted."""
+    try:
+        names = os.listdir(output_dir)
+    except OSError:
+        return []
+    return sorted(
+        n
+        for n in names
+        if n == "last_checkpoint" or (n.startswith("model_") and n.endswith(".pth"))
+    )
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir, resume=False, overwrite=False):
+    """Hold ``output_dir`` for one training run, on the main process (other ranks do nothing).
+
+    Refuses a folder that another run is training into now (a non-blocking ``flock`` of
+    :data:`LOCK_NAME`, which the OS releases when that run ends, however it ends), and, unless
+    ``resume`` or ``overwrite``, one that holds another run's checkpoints, which this run would
+    replace. Then removes the temporary files a killed writer left there.
+
+    Raises:
+        OutputDirError: naming the folder, the other run's pid or its files, and what to do.
+    """
+    if not comm.is_main_process():
+        yield
+        return
+    path = os.path.join(output_dir, LOCK_NAME)
+    try:
+        lock = open(path, "a+")  # noqa: SIM115 (held for the run, closed below)
+    except OSError as exc:
+        raise OutputDirError(f"Cannot lock OUTPUT_DIR '{output_dir}': {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise OutputDirError(
+                f"OUTPUT_DIR '{output_dir}' is in use: another run (pid {holder}) is training "
+                "into it now. Wait for it to end, or give this run another OUTPUT_DIR."
+            ) from None
+        found = run_files(output_dir)
+        if found and not (resume or overwrite):
+            shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+            raise OutputDirError(
+                f"OUTPUT_DIR '{output_dir}' holds another run's checkpoints ({shown}), which this "
+                "run would replace: add --resume to continue that run, give this one another "
+                "OUTPUT_DIR, or add --overwrite to replace them."
+            )
+        if found and overwrite and not resume:
+            logger.warning("--overwrite: replacing the checkpoints in %s (%s)", output_dir, found)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        for name in remove_stale_temporaries(output_dir):
+            logger.info("Removed %s, left by an interrupted write", os.path.join(output_dir, name))
+        yield
+    finally:
+        lock.close()  # releases the lock
+
+
+def write_config(cfg, eval_only=False):
     """Write ``OUTPUT_DIR/config.yaml``, the run's full config (on the main process, atomically).
 
     Called once the config, the model, the data and the weights have passed their checks, so a
-    refused run leaves the folder's record of the run that made its checkpoints as it was.
+    refused run leaves the folder's record of the run that made its checkpoints as it was. An
+    ``--eval-only`` run into a folder that holds a training run's checkpoints writes
+    ``config_eval.yaml`` instead, leaving that run's ``config.yaml`` alone.
     """
     if not comm.is_main_process():
         return
-    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    name = "config_eval.yaml" if eval_only and run_files(cfg.OUTPUT_DIR) else "config.yaml"
+    path = os.path.join(cfg.OUTPUT_DIR, name)
     atomic_write(path, lambda f: f.write(cfg.dump()), mode="w")
     logger.info("Full config saved to %s", os.path.abspath(path))
