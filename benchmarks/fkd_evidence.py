@@ -45,7 +45,6 @@ run with other teacher options in the same folder is refused rather than reusing
 """
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -63,6 +62,7 @@ from harness.runs import (
     train_and_record,
     training_images,
 )
+from kdreid.checkpoint import read_json, write_json, write_text
 from kdreid.cli import check_output_dir
 
 PROJECT = os.path.join(REPO, "projects", "FactorizedKD")
@@ -134,8 +134,7 @@ def train_teachers(out, opts, teacher_only=()):
     opts = [*opts, *teacher_only]
     record = os.path.join(out, "teachers", "options.json")
     if os.path.isfile(record):
-        with open(record) as f:
-            before = json.load(f)
+        before = read_json(record)
         if before != opts:
             raise StaleRunError(
                 f"the teachers in {os.path.dirname(record)} were trained with options "
@@ -143,8 +142,7 @@ def train_teachers(out, opts, teacher_only=()):
             )
     else:
         os.makedirs(os.path.dirname(record), exist_ok=True)
-        with open(record, "w") as f:
-            json.dump(opts, f)
+        write_json(record, opts)
     folder, runs = os.path.dirname(record), {}
     for view in PARTIAL_VIEWS:
         print(f"Teacher {view}: {os.path.join(folder, view)}", flush=True)
@@ -190,8 +188,7 @@ def evaluate_ensemble(out_dir, teacher_opts, opts):
              *opts],
             os.path.join(out_dir, "run.out"),
         )  # fmt: skip
-    with open(record_path) as f:
-        return json.load(f)
+    return read_json(record_path)
 
 
 def train_student(variant, run_dir, seed, teacher_opts, opts):
@@ -222,8 +219,9 @@ def train_student(variant, run_dir, seed, teacher_opts, opts):
             log_path,
         )  # fmt: skip
         images = training_images(log_path, os.path.join(run_dir, "config.yaml"))
-        with open(os.path.join(run_dir, "train_seconds.json"), "w") as f:
-            json.dump({"seconds": seconds, "images": images}, f)
+        write_json(
+            os.path.join(run_dir, "train_seconds.json"), {"seconds": seconds, "images": images}
+        )
     return train_and_record(
         variant.label, PLAIN, run_dir, seed, opts, weights=weights, train_net=TRAIN_NET
     )
@@ -378,8 +376,7 @@ def main(argv=None):
             runs[name].append(run)
 
     text = evidence_table(args.seeds, runs, teachers, ensemble, args.opts, args.teacher_opts)
-    with open(os.path.join(out, "evidence.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(out, "evidence.md"), text + "\n")
     print("\n" + text + f"\n\nWrote {out}/evidence.md")
 
 

@@ -32,6 +32,7 @@ from fkd_evidence import (
 
 from harness.evidence import fmt
 from harness.runs import REPO, main_of_runs
+from kdreid.checkpoint import write_text
 from kdreid.cli import parse_with_opts
 
 # The map term falls from ~5 to ~0.1 in the first epochs at weight 1 while the feature term stays
@@ -122,8 +123,7 @@ def main(argv=None):
     ]
     text = "\n".join(lines)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "weights.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(out, "weights.md"), text + "\n")
     print("\n" + text + f"\n\nWrote {out}/weights.md")
 
 

@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 from harness.evidence import comparison_tables, fmt, parse_args
 from harness.runs import REPO, main_of_runs, train_and_record
+from kdreid.checkpoint import write_text
 from kdreid.cli import check_output_dir
 
 TRAIN_NET = os.path.join(REPO, "projects", "MDPR", "train_net.py")
@@ -129,8 +130,7 @@ def main(argv=None):
             runs[name].append(run)
 
     text = evidence_table(args.seeds, runs, args.opts)
-    with open(os.path.join(out, "evidence.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(out, "evidence.md"), text + "\n")
     print("\n" + text + f"\n\nWrote {out}/evidence.md")
 
 

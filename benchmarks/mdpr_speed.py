@@ -26,7 +26,6 @@ CPU machine has: pass ``--batch 8`` there (the figure is per image either way).
 
 import argparse
 import contextlib
-import json
 import os
 import resource
 import statistics
@@ -43,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import mdpr
 import mdpr.modeling
 from kdreid.benchmark import device_name, profile_model, time_calls
+from kdreid.checkpoint import write_json, write_text
 from kdreid.cli import at_least, check_output_dir, report_user_errors
 from kdreid.config import get_cfg, merge_from_file, merge_from_list
 from kdreid.engine.validation import check_config, check_opts
@@ -348,11 +348,9 @@ def run(args):
         "max_loss_difference": diff,
         "evaluation": evaluation(model, cfg, device, eval_batch),
     }
-    with open(os.path.join(args.output_dir, "mdpr_speed.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(os.path.join(args.output_dir, "mdpr_speed.json"), result)
     text = markdown(result)
-    with open(os.path.join(args.output_dir, "mdpr_speed.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(args.output_dir, "mdpr_speed.md"), text + "\n")
     print(text)
     if profile:
         print("\nTop operators of one step:\n" + profile)

@@ -29,6 +29,7 @@ import sys
 
 from harness.runs import REPO, main_of_runs, run_logged
 from harness.speedkd import STUDENTS, missing_student, train_and_record
+from kdreid.checkpoint import write_text
 from kdreid.cli import check_output_dir, parse_with_opts
 from speed_kd.tradeoff import find_records, write_tradeoff
 
@@ -146,8 +147,7 @@ def main(argv=None):
                 kd.append(k)
 
     text = evidence_table(args.student, args.seeds, plain, kd, teacher.record)
-    with open(os.path.join(out, "evidence.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(out, "evidence.md"), text + "\n")
     print("\n" + text)
     table = write_tradeoff(
         find_records([out]), out, reference=TEACHER_NAME, title="SpeedKD on SynthReID-small"

@@ -2,6 +2,8 @@
 
 import contextlib
 import errno
+import io
+import json
 import logging
 import os
 import tempfile
@@ -10,7 +12,7 @@ import torch
 from fastreid.utils.checkpoint import Checkpointer
 
 from kdreid.compat import CheckpointLoadError, checkpoint_format_problem, load_checkpoint_file
-from kdreid.errors import OutputDirError, WeightsError
+from kdreid.errors import OutputDirError, RecordError, WeightsError
 
 __all__ = [
     "prepare_output_dir",
@@ -20,8 +22,12 @@ __all__ = [
     "fit_state_dict",
     "load_weights_strict",
     "read_checkpoint",
+    "read_json",
     "read_state_dict",
     "remove_stale_temporaries",
+    "save_figure",
+    "write_json",
+    "write_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,6 +113,49 @@ def atomic_write(path, write_fn, mode="wb"):
         if isinstance(exc, OSError) and exc.errno in _FOLDER_ERRNOS:
             raise _folder_error(path, folder, exc) from exc
         raise
+
+
+def write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path, obj, indent=1):
+    """Write ``obj`` as JSON to ``path`` with :func:`atomic_write`."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path):
+    """The JSON content of ``path``, a file one of our scripts wrote.
+
+    Raises:
+        RecordError: the file is empty or not valid JSON (a writer killed before atomic writes,
+            a hand edit); the message names it and says what to do.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.strip():
+        raise RecordError(
+            f"'{path}' is empty (a run stopped while writing it?): delete it, and the step "
+            "that writes it runs again."
+        )
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f"line {exc.lineno}, column {exc.colno}: " if hasattr(exc, "lineno") else ""
+        raise RecordError(
+            f"'{path}' is not valid JSON ({where}{getattr(exc, 'msg', exc)}): delete it, and "
+            "the step that writes it runs again."
+        ) from exc
+
+
+def save_figure(figure, path, **kwargs):
+    """``figure.savefig(path, **kwargs)`` through :func:`atomic_write`: a plot being replaced is
+    never seen half written. The format is the one the file name says (``.png``, ``.pdf``...)."""
+    fmt = kwargs.pop("format", None) or os.path.splitext(path)[1].lstrip(".") or "png"
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt, **kwargs)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def _folder_error(path, folder, exc):

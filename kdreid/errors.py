@@ -17,6 +17,8 @@ __all__ = [
     "UnreadableImageError",
     "WeightsError",
     "OutputDirError",
+    "RecordError",
+    "StaleRunError",
 ]
 
 
@@ -50,6 +52,10 @@ class WeightsError(UserInputError, RuntimeError):
 
 class OutputDirError(UserInputError, OSError):
     """An output folder cannot be created or written."""
+
+
+class RecordError(UserInputError, ValueError):
+    """A file a run wrote (a JSON record, a run's settings) is empty or not what it should hold."""
 
 
 class StaleRunError(UserInputError, RuntimeError):

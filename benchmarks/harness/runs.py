@@ -9,7 +9,6 @@ Any project's ``train_net.py`` trains any FastReID config its package can build;
 the one to use (``train_net``), so this module knows no project.
 """
 
-import json
 import os
 import re
 import subprocess
@@ -20,8 +19,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from kdreid.checkpoint import prepare_output_dir
-from kdreid.errors import OutputDirError, UserInputError, report_user_errors
+from kdreid.checkpoint import prepare_output_dir, read_json, write_json
+from kdreid.errors import OutputDirError, StaleRunError, report_user_errors
 
 __all__ = [
     "REPO",
@@ -37,10 +36,6 @@ __all__ = [
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 """The repository root (the folder holding ``benchmarks/``): commands run from here."""
-
-
-class StaleRunError(UserInputError, RuntimeError):
-    """An output folder holds a run made with other settings than the ones asked for now."""
 
 
 _START = re.compile(r"Starting training from epoch (\d+)")
@@ -215,8 +210,7 @@ def _read_training(time_path):
     """Seconds and images of a training recorded in ``time_path``; ``(None, None)`` if none."""
     if not os.path.isfile(time_path):
         return None, None
-    with open(time_path) as f:
-        timing = json.load(f)
+    timing = read_json(time_path)
     return timing["seconds"], timing["images"]
 
 
@@ -235,8 +229,7 @@ def check_reuse(output_dir, config, seed, opts):
             f"'{output_dir}' holds a run that these scripts did not start (it has no run.json): "
             "delete that folder to train again, or choose another output folder."
         )
-    with open(stamp) as f:
-        before = json.load(f)
+    before = read_json(stamp)
     differences = [
         f"{key} {before.get(key)!r} (now {value!r})"
         for key, value in _settings(config, seed, opts).items()
@@ -261,8 +254,7 @@ def _settings(config, seed, opts):
 
 def _stamp(output_dir, config, seed, opts):
     prepare_output_dir(output_dir)  # a file, a read-only place: OutputDirError, no traceback
-    with open(os.path.join(output_dir, "run.json"), "w") as f:
-        json.dump(_settings(config, seed, opts), f, indent=1)
+    write_json(os.path.join(output_dir, "run.json"), _settings(config, seed, opts))
 
 
 def train_and_record(
@@ -304,8 +296,7 @@ def train_and_record(
                 echo,
             )  # fmt: skip
             images = training_images(log_path, os.path.join(output_dir, "config.yaml"))
-            with open(time_path, "w") as f:
-                json.dump({"seconds": seconds, "images": images}, f)
+            write_json(time_path, {"seconds": seconds, "images": images})
         if echo is not None:
             echo("evaluating: accuracy, then speed (--eval-only)")
         run_logged(
@@ -315,5 +306,5 @@ def train_and_record(
             os.path.join(output_dir, "eval.out"),
         )  # fmt: skip
     seconds, images = _read_training(time_path)
-    with open(record_path) as f:
-        return Run(weights=weights, record=json.load(f), train_seconds=seconds, train_images=images)
+    record = read_json(record_path)
+    return Run(weights=weights, record=record, train_seconds=seconds, train_images=images)

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from kdreid.checkpoint import atomic_write
 from kdreid.errors import UnreadableImageError
 
 __all__ = [
@@ -387,7 +388,9 @@ def render_ranked_lists(
             layout=layout,
         )
         path = os.path.join(out_dir, f"{position:03d}_query{q}.png")
-        if not cv2.imwrite(path, image):
-            raise OSError(f"Cannot write '{path}'")
+        ok, png = cv2.imencode(".png", image)
+        if not ok:
+            raise OSError(f"Cannot encode the picture '{path}'")
+        atomic_write(path, lambda f, png=png: f.write(png.tobytes()))
         written.append(path)
     return written

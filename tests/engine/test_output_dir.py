@@ -11,10 +11,10 @@ import stat
 import pytest
 import yaml
 
-from kdreid.checkpoint import atomic_write
+from kdreid.checkpoint import atomic_write, read_json, save_figure, write_json, write_text
 from kdreid.engine import launch
 from kdreid.engine.setup import LOCK_NAME, claim_output_dir, run_files, write_config
-from kdreid.errors import OutputDirError
+from kdreid.errors import OutputDirError, RecordError
 
 from ..conftest import REPO
 
@@ -135,3 +135,75 @@ def test_training_twice_into_one_folder_is_refused_then_resumed_or_overwritten(
     assert final.read_bytes() == first
     launch.main(_args(tmp_path, overwrite=True))
     assert final.is_file()
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", "is empty (a run stopped while writing it?)"),
+        (b'{"seed": 1', "is not valid JSON (line 1, column 11: Expecting"),
+        (b"\xff\xfe", "is not valid JSON ("),
+    ],
+)
+def test_an_empty_or_corrupt_record_is_one_line_naming_it(tmp_path, content, words):
+    path = tmp_path / "run.json"
+    path.write_bytes(content)
+    with pytest.raises(RecordError) as exc:
+        read_json(str(path))
+    message = str(exc.value)
+    assert message.startswith(f"'{path}' {words}") and "\n" not in message
+    assert "delete it, and the step that writes it runs again" in message
+
+
+def test_records_markdown_and_pictures_are_written_atomically(tmp_path, monkeypatch):
+    """A writer that dies half way leaves the previous file; a finished one the whole new one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    write_json(str(tmp_path / "run.json"), {"seed": 1})
+    write_text(str(tmp_path / "evidence.md"), "| a |\n")
+    figure = Figure(figsize=(1, 1))
+    figure.add_subplot().plot([0, 1])
+    save_figure(figure, str(tmp_path / "plot.png"), dpi=20)
+    save_figure(figure, str(tmp_path / "plot.pdf"))
+    assert read_json(str(tmp_path / "run.json")) == {"seed": 1}
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "plot.pdf").read_bytes()[:5] == b"%PDF-"
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+
+    real_fsync = os.fsync
+
+    def die(fd):  # the content is in the temporary file; the process dies before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", die)
+    for write in (
+        lambda: write_json(str(tmp_path / "run.json"), {"seed": 2}),
+        lambda: write_text(str(tmp_path / "evidence.md"), "| b |\n"),
+        lambda: save_figure(figure, str(tmp_path / "plot.png"), dpi=40),
+    ):
+        with pytest.raises(KeyboardInterrupt):
+            write()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+def test_the_harness_and_the_demo_report_an_empty_run_json_in_one_line(tmp_path, capsys):
+    """The issue's case: an empty run.json beside a run's checkpoints (a writer killed before
+    these writes were atomic) ended the demo in a JSONDecodeError traceback."""
+    from harness.runs import check_reuse, main_of_runs
+
+    run = tmp_path / "teacher"
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(b"x")
+    (run / "run.json").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        main_of_runs(check_reuse, str(run), "configs/Synthetic/tiny.yml", 0, [])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err == (
+        f"error: '{run / 'run.json'}' is empty (a run stopped while writing it?): delete it, "
+        "and the step that writes it runs again.\n"
+    )

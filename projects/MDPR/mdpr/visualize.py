@@ -20,6 +20,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from kdreid.checkpoint import save_figure
+
 __all__ = [
     "Layout",
     "attention_panels",
@@ -254,5 +256,5 @@ def render(
         )
         bar.ax.tick_params(labelsize=_FONT_SIZE, length=2, pad=1)
         bar.set_label("attention", fontsize=_FONT_SIZE, labelpad=1)
-    figure.savefig(path, dpi=_DPI, facecolor="white")
+    save_figure(figure, path, dpi=_DPI, facecolor="white")
     return size

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from kdreid.benchmark import read_records  # noqa: E402
+from kdreid.checkpoint import save_figure, write_text  # noqa: E402
 
 __all__ = [
     "find_records",
@@ -188,7 +189,7 @@ def plot_tradeoff(rows, path, title="Speed/accuracy trade-off"):
     ]
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -259,7 +260,6 @@ def write_tradeoff(records, output_dir, reference=None, title="Speed/accuracy tr
     rows = summarise(records)
     table = markdown_table(rows, reference=reference)
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "tradeoff.md"), "w") as f:
-        f.write(table + "\n")
+    write_text(os.path.join(output_dir, "tradeoff.md"), table + "\n")
     plot_tradeoff(rows, os.path.join(output_dir, "tradeoff.png"), title=title)
     return table
