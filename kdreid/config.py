@@ -9,6 +9,7 @@ import difflib
 import functools
 import logging
 import os
+import stat
 
 import torch
 import yacs.config
@@ -207,10 +208,27 @@ def _is_url(name: str) -> bool:
     return name.startswith(("https://", "http://"))
 
 
+def _special_file_kind(path: str) -> str:
+    mode = os.stat(path).st_mode
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
+
+
 def _read_yaml_mapping(path: str, what: str) -> dict:
     """Parse one config file; ``what`` names it in errors (the file, or the _BASE_ naming it)."""
     if os.path.isdir(path):
         raise ConfigError(f"{what} is a directory, not a YAML file.")
+    if os.path.exists(path) and not os.path.isfile(path):
+        # A device, a FIFO or a socket: reading one blocks (a FIFO) or never ends (/dev/zero).
+        kind = _special_file_kind(path)
+        raise ConfigError(f"{what} is not a regular file ({kind}); expected a YAML file.")
     if not os.path.isfile(path):
         raise ConfigError(f"{what} does not exist.")
     try:
@@ -248,7 +266,7 @@ def _read_config_chain(path: str) -> list:
     """The file and its ``_BASE_`` files, leaf first, as ``(path, mapping)`` pairs, each checked.
 
     Resolves ``_BASE_`` as FastReID's ``CfgNode.load_yaml_with_base`` does (``~`` expanded,
-    relative to the naming file; URLs are left to FastReID), so errors name the file at fault.
+    relative to the naming file; a URL is refused), so errors name the file at fault.
     """
     chain = []
     seen = set()
@@ -266,7 +284,12 @@ def _read_config_chain(path: str) -> list:
             )
         resolved = os.path.expanduser(base)
         if _is_url(resolved):
-            return chain
+            # FastReID hands a URL to open() and fails with a FileNotFoundError traceback; a run
+            # whose config depends on the network would not be reproducible anyway.
+            raise ConfigError(
+                f"Config file '{path}' has _BASE_ '{base}', a URL; config files are read from "
+                "local files only: download it and name the file instead."
+            )
         if not os.path.isabs(resolved):
             resolved = os.path.join(os.path.dirname(path), resolved)
         if os.path.realpath(resolved) in seen:

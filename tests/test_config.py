@@ -170,6 +170,26 @@ def test_base_loop_is_refused(tmp_path):
     assert "loop" in _config_error(path)
 
 
+def test_url_base_is_refused_naming_it(tmp_path):
+    # FastReID opens the URL as a path and fails with a FileNotFoundError traceback
+    path = tmp_path / "leaf.yml"
+    path.write_text("_BASE_: https://example.org/base.yml\n")
+    message = _config_error(path)
+    assert f"Config file '{path}' has _BASE_ 'https://example.org/base.yml', a URL" in message
+    assert "local files only" in message
+
+
+def test_device_as_base_is_refused(tmp_path):
+    # /dev/zero "exists" and reading it never ends; it was reported as "does not exist"
+    path = tmp_path / "leaf.yml"
+    path.write_text("_BASE_: /dev/zero\n")
+    message = _config_error(path)
+    assert "'/dev/zero'), which is not a regular file (a character device); expected a" in message
+    os.mkfifo(tmp_path / "pipe.yml")
+    path.write_text("_BASE_: pipe.yml\n")
+    assert "is not a regular file (a named pipe)" in _config_error(path)
+
+
 def test_directory_as_config_file(tmp_path):
     message = _config_error(tmp_path)
     assert f"'{tmp_path}' is a directory, not a YAML file" in message

@@ -13,29 +13,94 @@ import re
 import sys
 import warnings
 
-from fastreid.data import build, common, data_utils
+import numpy as np
+from fastreid.data import build, common
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import Dataset
+from PIL import Image, ImageOps
 
 from kdreid.errors import DatasetCorruptError, DatasetNotFoundError, UnreadableImageError
 
 __all__ = ["install", "read_image"]
 
-_original_read_image = data_utils.read_image
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""PIL modes of 16-bit (and 32-bit integer) greyscale images, e.g. a 16-bit PNG from a depth or
+thermal camera. FastReID's ``read_image`` fails on them (``Image.fromarray`` of a uint16 HxWx3
+array) or, converted to RGB, saturates them to white; they are scaled to 8 bits instead."""
+
+
+def _to_8bit(image, file_name):
+    """An 8-bit "L" image for a high-bit-depth greyscale one (16 bits scaled by 1/257)."""
+    values = np.asarray(image)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise UnreadableImageError(
+            f"Cannot read image '{file_name}': 32-bit integer pixels (range {values.min()} to "
+            f"{values.max()}). Expected 8- or 16-bit pixels; convert it to an 8-bit JPEG/PNG."
+        )
+    scaled = np.round(values.astype(np.float64) / 257.0).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def _decoded(file_name):
+    """The image of ``file_name`` as PIL decodes it, EXIF orientation applied, pixels loaded."""
+    with open(file_name, "rb") as f:
+        image = Image.open(f)
+        try:  # as FastReID does (Pillow #3973: broken EXIF data must not stop the read)
+            image = ImageOps.exif_transpose(image)
+        except Exception:
+            pass
+        image.load()
+    return image
+
+
+def _converted(image, format, file_name):
+    """FastReID's conversion of a decoded image to ``format``, for every mode a camera writes."""
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        image = _to_8bit(image, file_name)
+    elif image.mode == "F":
+        raise UnreadableImageError(
+            f"Cannot read image '{file_name}': floating-point pixels (PIL mode F, e.g. a TIFF of "
+            "measurements). Expected an 8- or 16-bit photograph; convert it to an 8-bit JPEG/PNG."
+        )
+    if format is None:
+        # FastReID keeps the decoded mode, so a palette PNG became a grey image of palette
+        # indices and an RGBA or CMYK file a 4-channel tensor the first convolution refuses.
+        format = "L" if image.mode == "L" else "RGB"
+        if format == "L":  # FastReID repeats a grey image into 3 channels
+            return Image.fromarray(np.repeat(np.asarray(image)[..., None], 3, axis=-1))
+    array = np.asarray(image.convert("RGB" if format == "BGR" else format))
+    if format == "L":
+        array = np.expand_dims(array, -1)
+    elif format == "BGR":
+        array = array[:, :, ::-1]
+    elif array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def read_image(file_name, format=None):
-    """FastReID's ``read_image`` that names the file when it cannot be read.
+    """FastReID's ``read_image`` (an HWC PIL image in ``format``; None: 3-channel RGB) that names
+    the file when it cannot be read, scales 16-bit greyscale images to 8 bits and gives palette,
+    RGBA and CMYK files 3 channels.
 
     Raises:
-        UnreadableImageError: the file is missing, truncated, or not an image.
+        UnreadableImageError: the file is missing, truncated, not an image, or of float pixels.
     """
     try:
-        return _original_read_image(file_name, format)
+        image = _decoded(file_name)
     except Exception as exc:
         raise UnreadableImageError(
             f"Cannot read image '{file_name}': {type(exc).__name__}: {exc}. "
             "Expected a complete JPEG/PNG file; remove or replace it."
+        ) from exc
+    try:
+        return _converted(image, format, file_name)
+    except UnreadableImageError:
+        raise
+    except Exception as exc:
+        raise UnreadableImageError(
+            f"Cannot read image '{file_name}' (PIL mode {image.mode}) as {format or 'RGB'}: "
+            f"{type(exc).__name__}: {exc}. Expected an RGB or greyscale JPEG/PNG file."
         ) from exc
 
 

@@ -169,3 +169,65 @@ def test_msmt17_missing_names_the_folder_and_layout(tmp_path):
     for name in ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt"):
         (v2 / name).write_text("0001/0001_011_01_0303morning_0015_0.jpg 1\n")
     assert len(msmt17(root=str(tmp_path)).query) == 1  # complete: FastReID reads it as before
+
+
+def _photo(height=24, width=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("format", [None, "RGB", "BGR"])
+def test_16bit_greyscale_png_is_scaled_not_saturated(tmp_path, format):
+    # FastReID's read_image fails on a 16-bit PNG (format None: Image.fromarray of uint16 HxWx3)
+    # or, asked for RGB, clips every value above 255 to white.
+    from PIL import Image
+
+    from kdreid.engine.validation.datasets import read_image
+
+    grey8 = _photo()[..., 0]
+    path = tmp_path / "depth.png"
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(path)  # 16-bit PNG of the same picture
+    assert Image.open(path).mode.startswith("I")
+    image = np.asarray(read_image(str(path), format))
+    assert image.shape == (*grey8.shape, 3) and image.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], grey8)
+
+
+def test_palette_rgba_and_cmyk_images_give_three_channels(tmp_path):
+    # FastReID keeps the decoded mode for format None: a palette PNG gave its indices as grey,
+    # an RGBA PNG or a CMYK JPEG a 4-channel image the model's first convolution refuses.
+    from PIL import Image
+
+    from kdreid.engine.validation.datasets import read_image
+
+    rgb = Image.fromarray(_photo())
+    palette = rgb.quantize(colors=16)
+    palette.save(tmp_path / "p.png")
+    expected = np.asarray(palette.convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(read_image(str(tmp_path / "p.png"))), expected)
+    rgba = rgb.convert("RGBA")
+    rgba.save(tmp_path / "a.png")
+    np.testing.assert_array_equal(np.asarray(read_image(str(tmp_path / "a.png"))), _photo())
+    rgb.convert("CMYK").save(tmp_path / "c.jpg")
+    assert np.asarray(read_image(str(tmp_path / "c.jpg"))).shape == (24, 16, 3)
+    # an ordinary image reads as FastReID reads it, grey ones repeated into three channels
+    rgb.save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(np.asarray(read_image(str(tmp_path / "rgb.png"))), _photo())
+    np.testing.assert_array_equal(
+        np.asarray(read_image(str(tmp_path / "rgb.png"), "BGR")), _photo()[..., ::-1]
+    )
+    rgb.convert("L").save(tmp_path / "l.png")
+    grey = np.asarray(read_image(str(tmp_path / "l.png")))
+    assert grey.shape == (24, 16, 3) and (grey[..., 0] == grey[..., 2]).all()
+
+
+def test_float_image_is_refused_by_name(tmp_path):
+    from PIL import Image
+
+    from kdreid.engine.validation.datasets import read_image
+
+    path = tmp_path / "measurements.tif"
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(path)
+    with pytest.raises(UnreadableImageError, match="measurements.tif': floating-point pixels"):
+        read_image(str(path))
