@@ -185,7 +185,7 @@ def test_a_builder_s_own_read_of_a_bad_pretrain_path_is_a_weights_error(payload,
     from kdreid.config import get_cfg
     from kdreid.engine import Trainer, validation
 
-    monkeypatch.setattr(validation, "check_pretrained", lambda cfg: None)
+    monkeypatch.setattr(validation, "check_pretrained", lambda cfg: cfg)
     cfg = get_cfg()
     cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
     cfg.MODEL.BACKBONE.DEPTH = "18x"

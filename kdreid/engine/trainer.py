@@ -270,8 +270,10 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg):
         """FastReID's model, after ``MODEL.BACKBONE.PRETRAIN_PATH`` is checked against the backbone
         (:func:`~kdreid.engine.validation.check_pretrained`: FastReID would log every key as
-        missing and train from random weights); a load of weights of other shapes is named."""
-        validation.check_pretrained(cfg)
+        missing and train from random weights; an empty one is the ImageNet file FastReID would
+        download, from the torch hub cache or downloaded there); a load of weights of other
+        shapes is named."""
+        cfg = validation.check_pretrained(cfg)
         try:
             return super().build_model(cfg)
         except CheckpointLoadError as exc:  # a builder's own (weights-only) read of the file

@@ -28,7 +28,12 @@ from kdreid.engine.validation.config import (
     check_opts,
     check_processes,
 )
-from kdreid.engine.validation.pretrained import check_pretrained, load_error
+from kdreid.engine.validation.pretrained import (
+    check_pretrained,
+    load_error,
+    pretrained_url,
+    resolve_pretrained,
+)
 from kdreid.engine.validation.values import check_registered, registered_names
 
 __all__ = [
@@ -43,7 +48,9 @@ __all__ = [
     "check_pretrained",
     "check_registered",
     "load_error",
+    "pretrained_url",
     "registered_names",
+    "resolve_pretrained",
 ]
 
 
