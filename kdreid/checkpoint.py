@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -19,10 +20,13 @@ __all__ = [
     "AtomicCheckpointer",
     "TRAINING_ONLY_PREFIX",
     "atomic_write",
+    "PROVENANCE_KEY",
+    "file_sha256",
     "fit_state_dict",
     "load_weights_strict",
     "read_checkpoint",
     "read_json",
+    "read_provenance",
     "read_state_dict",
     "remove_stale_temporaries",
     "save_figure",
@@ -181,12 +185,21 @@ def remove_stale_temporaries(folder):
     return stale
 
 
+PROVENANCE_KEY = "kdreid"
+"""The checkpoint entry that says which run trained the weights: ``name`` (``KDREID.NAME`` or the
+training config's file name), ``config`` (that file) and ``distilled`` (whether the model was
+trained with distillation terms). Plain strings and a bool: read weights-only."""
+
+
 class AtomicCheckpointer(Checkpointer):
     """FastReID's ``Checkpointer``, writing the checkpoint and ``last_checkpoint`` tag atomically.
 
     The tag is updated only after the checkpoint file is complete, so ``--resume`` after a crash
-    always finds a loadable checkpoint.
+    always finds a loadable checkpoint. :attr:`provenance`, when set, is saved under
+    :data:`PROVENANCE_KEY`, so an evaluation of the file knows which model it is.
     """
+
+    provenance = None
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -195,6 +208,8 @@ class AtomicCheckpointer(Checkpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        if self.provenance:
+            data[PROVENANCE_KEY] = dict(self.provenance)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to %s", save_file)
         atomic_write(save_file, lambda f: torch.save(data, f))
@@ -347,6 +362,23 @@ def read_checkpoint(path, option="MODEL.WEIGHTS", mmap=False):
         return load_checkpoint_file(path, mmap=mmap)
     except CheckpointLoadError as exc:
         raise WeightsError(f"Cannot load checkpoint '{path}' ({option}): it {exc.problem}") from exc
+
+
+def read_provenance(path):
+    """The :data:`PROVENANCE_KEY` entry of the checkpoint ``path`` (tensors mapped, not read), or
+    None for a file that has none (trained elsewhere, or before kdreid recorded it)."""
+    checkpoint = read_checkpoint(path, mmap=True)
+    entry = checkpoint.get(PROVENANCE_KEY) if isinstance(checkpoint, dict) else None
+    return dict(entry) if isinstance(entry, dict) else None
+
+
+def file_sha256(path, chunk=1 << 20):
+    """The SHA-256 of a file, in hex (identifies the weights a record evaluated)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _model_state(checkpoint, path):

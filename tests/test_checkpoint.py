@@ -52,6 +52,21 @@ def test_save_then_resume_finds_the_latest(tmp_path):
     assert ckpt.resume_or_load("", resume=True)["epoch"] == 1
 
 
+def test_provenance_is_saved_and_read_back_weights_only(tmp_path):
+    from kdreid.checkpoint import read_provenance
+
+    ckpt = AtomicCheckpointer(_model(), str(tmp_path))
+    ckpt.save("plain")
+    assert read_provenance(str(tmp_path / "plain.pth")) is None  # trained before it was recorded
+    ckpt.provenance = {"name": "kd_student", "config": "configs/kd.yml", "distilled": True}
+    ckpt.save("model_final", epoch=3)
+    assert read_provenance(str(tmp_path / "model_final.pth")) == ckpt.provenance
+    content = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert content["kdreid"]["distilled"] is True and content["epoch"] == 3
+    loaded = ckpt.resume_or_load("", resume=True)  # what FastReID hands back: the extra entries
+    assert loaded["kdreid"]["name"] == "kd_student"
+
+
 def test_strict_load_round_trip_and_module_prefix(tmp_path):
     src, dst = _model(), _model()
     path = tmp_path / "w.pth"

@@ -14,7 +14,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 
 from kdreid.benchmark import OTHER_LOAD_WARNING, format_record, profile_model, write_record
-from kdreid.checkpoint import load_weights_strict
+from kdreid.checkpoint import file_sha256, load_weights_strict, read_provenance
 from kdreid.engine.setup import write_config
 from kdreid.errors import ConfigError
 from kdreid.meta_arch import contract, deployed_model, record_extras
@@ -115,12 +115,24 @@ def speed_accuracy_record(cfg, model, results, config_file=""):
         name: {k: float(v) for k, v in res.items() if isinstance(v, numbers.Real)}
         for name, res in per_dataset.items()
     }
-    name = cfg.KDREID.NAME or os.path.splitext(os.path.basename(config_file or "model"))[0]
+    weights = cfg.MODEL.WEIGHTS or None
+    trained = read_provenance(weights) if weights else None
+    # The name of the model is the one it was trained under: the plain and the distilled student
+    # evaluated with one config are two models, not two runs of one.
+    name = (
+        cfg.KDREID.NAME
+        or (trained or {}).get("name")
+        or os.path.splitext(os.path.basename(config_file or "model"))[0]
+    )
     record = {
         "name": name,
         "kind": "deep",
         "config": config_file or None,
-        "weights": cfg.MODEL.WEIGHTS or None,
+        "weights": weights,
+        "weights_sha256": file_sha256(weights) if weights else None,
+        "trained": trained,  # None: trained elsewhere, or before kdreid recorded it
+        # a model built complete from its config (an ensemble) is no distilled student
+        "distilled": trained.get("distilled") if trained else (False if not weights else None),
         "dataset": tests[0],
     }
     record.update(

@@ -29,6 +29,7 @@ from kdreid.engine.evaluate import evaluate_only
 from kdreid.engine.setup import claim_output_dir, load_config, setup, write_config
 from kdreid.engine.trainer import Trainer
 from kdreid.errors import log_to_files_only, report_user_errors
+from kdreid.meta_arch import distils
 
 __all__ = ["default_argument_parser", "launch_main", "main"]
 
@@ -83,6 +84,17 @@ def default_argument_parser():
     return parser
 
 
+def training_provenance(cfg, config_file, model):
+    """What the checkpoints of this run say about the model they hold
+    (:data:`kdreid.checkpoint.PROVENANCE_KEY`), read back by ``--eval-only``'s record."""
+    stem = os.path.splitext(os.path.basename(config_file))[0] if config_file else ""
+    return {
+        "name": cfg.KDREID.NAME or stem or cfg.MODEL.META_ARCHITECTURE,
+        "config": config_file or "",
+        "distilled": bool(distils(model)),
+    }
+
+
 def main(args, trainer_cls=Trainer):
     """Train (or with ``--eval-only`` evaluate) the model the config describes.
 
@@ -95,6 +107,9 @@ def main(args, trainer_cls=Trainer):
     overwrite = getattr(args, "overwrite", False)
     with claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=overwrite):
         trainer = trainer_cls(cfg)
+        trainer.checkpointer.provenance = training_provenance(
+            trainer.cfg, args.config_file, trainer.model
+        )
         trainer.resume_or_load(resume=args.resume)
         write_config(trainer.cfg)  # the model, the data and the weights are in place
         return trainer.train()

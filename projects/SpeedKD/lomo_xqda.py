@@ -198,6 +198,7 @@ def run(
     record = {
         "name": "LOMO+XQDA",
         "kind": "classical",
+        "distilled": False,
         "config": None,
         "weights": None,
         "dataset": dataset,

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from kdreid.benchmark import read_records  # noqa: E402
+from kdreid.benchmark import OTHER_LOAD_WARNING, read_records  # noqa: E402
 from kdreid.checkpoint import save_figure, write_text  # noqa: E402
 
 __all__ = [
@@ -32,6 +32,11 @@ __all__ = [
 ]
 
 
+def _trained_config(record):
+    trained = record.get("trained") or {}
+    return trained.get("config") or None
+
+
 def group_records(records):
     """Group records by ``name`` (runs of one model, e.g. several seeds), keeping the order in
     which names first appear.
@@ -40,21 +45,48 @@ def group_records(records):
         OrderedDict[str, list[dict]]
 
     Raises:
-        ValueError: records of one name are of different models (dataset, parameters or
-            multiply-adds differ): a row would average them.
+        ValueError: records of one name are of different models (dataset, parameters,
+            multiply-adds, training config or distillation differ), or two of them evaluated the
+            same weights file (one run counted twice): a row would average them.
     """
     groups = OrderedDict()
     for record in records:
         runs = groups.setdefault(record["name"], [])
-        for key in ("dataset", "params", "macs"):
-            if runs and record.get(key) != runs[0].get(key):
+        fields = (  # (what, value, whether a record that does not say is no conflict)
+            ("dataset", lambda r: r.get("dataset"), False),
+            ("params", lambda r: r.get("params"), False),
+            ("macs", lambda r: r.get("macs"), False),
+            ("training config", _trained_config, True),
+            ("distillation", lambda r: r.get("distilled"), True),
+        )
+        for what, value, lenient in fields:
+            if not runs or value(record) == value(runs[0]):
+                continue
+            if not (lenient and None in (value(record), value(runs[0]))):
                 raise ValueError(
-                    f"Two records named '{record['name']}' differ in {key} "
-                    f"({runs[0].get(key)} and {record.get(key)}): they are different models. "
-                    "Give each its own KDREID.NAME (the record's name) when evaluating it."
+                    f"Two records named '{record['name']}' differ in {what} "
+                    f"({value(runs[0])} and {value(record)}): they are different models "
+                    f"(weights {runs[0].get('weights')} and {record.get('weights')}). Give each "
+                    "its own KDREID.NAME (the record's name) when evaluating it."
                 )
+        digest = record.get("weights_sha256")
+        twin = next((r for r in runs if digest and r.get("weights_sha256") == digest), None)
+        if twin is not None:
+            raise ValueError(
+                f"Two records named '{record['name']}' evaluated the same weights "
+                f"({twin.get('weights')} and {record.get('weights')}, SHA-256 {digest[:12]}): "
+                "one run would count twice. Keep one of the two records."
+            )
         runs.append(record)
     return groups
+
+
+BUSY_MARK = " ⚠"
+"""Marks a speed figure measured while other processes loaded the CPU."""
+
+
+def _busy(row):
+    return (row.get("other_cpu_load") or 0.0) >= OTHER_LOAD_WARNING
 
 
 def _mean_std(values):
@@ -73,13 +105,20 @@ def summarise(records):
     """One row per model name: accuracy mean/std over its runs, median speed figures.
 
     Returns:
-        list[dict]: keys ``name``, ``kind``, ``runs``, ``mAP``, ``mAP_std``, ``Rank-1``,
-        ``Rank-1_std``, ``params``, ``macs``, ``latency_ms``, ``throughput``,
+        list[dict]: keys ``name``, ``kind``, ``distilled`` (True, False, or None: not
+        recorded), ``runs``, ``other_cpu_load`` (the most of its runs), ``mAP``, ``mAP_std``,
+        ``Rank-1``, ``Rank-1_std``, ``params``, ``macs``, ``latency_ms``, ``throughput``,
         ``throughput_batch``, ``device``, ``device_name``, ``dataset``.
     """
     rows = []
     for name, runs in group_records(records).items():
-        row = {"name": name, "kind": runs[0].get("kind", "deep"), "runs": len(runs)}
+        row = {
+            "name": name,
+            "kind": runs[0].get("kind", "deep"),
+            "distilled": runs[0].get("distilled"),
+            "runs": len(runs),
+            "other_cpu_load": max((r.get("other_cpu_load") or 0.0 for r in runs), default=0.0),
+        }
         for metric in ("mAP", "Rank-1"):
             row[metric], row[f"{metric}_std"] = _mean_std([r["metrics"].get(metric) for r in runs])
         for key in ("params", "macs", "latency_ms", "throughput"):
@@ -129,12 +168,13 @@ def markdown_table(rows, reference=None):
     ]
     for r in ordered:
         speedup = ref["latency_ms"] / r["latency_ms"] if r["latency_ms"] else None
+        flag = BUSY_MARK if _busy(r) else ""
         lines.append(
             f"| {r['name']} | {r['runs']} | {_acc(r, 'mAP')} | {_acc(r, 'Rank-1')} "
             f"| {_fmt(r['params'] and r['params'] / 1e6, '.2f')} "
             f"| {_fmt(r['macs'] and r['macs'] / 1e9, '.3f')} "
-            f"| {_fmt(r['latency_ms'], '.2f')} | {_fmt(speedup, '.1f')}× "
-            f"| {_fmt(r['throughput'], '.0f')} |"
+            f"| {_fmt(r['latency_ms'], '.2f')}{flag} | {_fmt(speedup, '.1f')}×{flag} "
+            f"| {_fmt(r['throughput'], '.0f')}{flag} |"
         )
     first = rows[0]
     batches = sorted({r["throughput_batch"] for r in rows if r.get("throughput_batch")})
@@ -145,7 +185,30 @@ def markdown_table(rows, reference=None):
         f"{first.get('device')} ({first.get('device_name')}), latency = median at batch 1, "
         f"throughput at batch {'/'.join(map(str, batches))}."
     )
+    busy = [r for r in rows if _busy(r)]
+    if busy:
+        lines.append(
+            f"{BUSY_MARK} unreliable speed: other processes kept up to "
+            f"{max(r['other_cpu_load'] for r in busy):.1f} CPUs busy while "
+            f"{', '.join(r['name'] for r in busy)} {'was' if len(busy) == 1 else 'were'} "
+            "measured; measure again on an idle machine."
+        )
     return "\n".join(lines)
+
+
+_STYLES = {
+    "classical": ("s", "tab:gray", "classical (LOMO+XQDA)"),
+    "alone": ("o", "tab:blue", "trained alone"),
+    "distilled": ("o", "tab:red", "distilled (KD)"),
+    "unknown": ("D", "tab:olive", "training not recorded"),
+}
+
+
+def _style(row):
+    """How a row is drawn: by its records' kind and ``distilled`` flag, never by its name."""
+    if row["kind"] == "classical":
+        return "classical"
+    return {True: "distilled", False: "alone"}.get(row.get("distilled"), "unknown")
 
 
 def plot_tradeoff(rows, path, title="Speed/accuracy trade-off"):
@@ -161,19 +224,15 @@ def plot_tradeoff(rows, path, title="Speed/accuracy trade-off"):
     for r in rows:
         if not r["latency_ms"]:
             continue
-        kd = "KD" in r["name"] or "kd" in r["name"]
-        marker, color = (
-            ("s", "tab:gray")
-            if r["kind"] == "classical"
-            else ("o", "tab:red")
-            if kd
-            else ("o", "tab:blue")
-        )
+        marker, color = _STYLES[_style(r)][:2]
+        busy = _busy(r)  # hollow, and said in the label: its latency is not to be trusted
         ax.errorbar(
             r["latency_ms"], r["mAP"], yerr=r["mAP_std"] if r["runs"] > 1 else None,
             fmt=marker, color=color, capsize=3, markersize=7,
+            markerfacecolor="none" if busy else color,
         )  # fmt: skip
-        ax.annotate(r["name"], (r["latency_ms"], r["mAP"]), textcoords="offset points",
+        label = r["name"] + (f" (CPU busy: {r['other_cpu_load']:.1f})" if busy else "")
+        ax.annotate(label, (r["latency_ms"], r["mAP"]), textcoords="offset points",
                     xytext=(6, 4), fontsize=8)  # fmt: skip
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
@@ -182,11 +241,16 @@ def plot_tradeoff(rows, path, title="Speed/accuracy trade-off"):
     ax.set_ylabel("mAP (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    shown = dict.fromkeys(_style(r) for r in rows if r["latency_ms"])
     handles = [
-        plt.Line2D([], [], marker="s", color="tab:gray", ls="", label="classical (LOMO+XQDA)"),
-        plt.Line2D([], [], marker="o", color="tab:blue", ls="", label="trained alone"),
-        plt.Line2D([], [], marker="o", color="tab:red", ls="", label="distilled (KD)"),
+        plt.Line2D([], [], marker=m, color=c, ls="", label=label)
+        for m, c, label in (_STYLES[style] for style in _STYLES if style in shown)
     ]
+    if any(_busy(r) for r in rows if r["latency_ms"]):
+        handles.append(
+            plt.Line2D([], [], marker="o", color="k", markerfacecolor="none", ls="",
+                       label="hollow: CPU busy, speed unreliable")
+        )  # fmt: skip
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

@@ -142,3 +142,71 @@ def test_output_dir_has_help_with_its_default(cli, capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--output-dir OUTPUT_DIR folder to write tradeoff.md and tradeoff.png" in help_text
     assert "(default: the current folder)" in help_text
+
+
+def _trained(record, config, distilled, sha):
+    return {
+        **record,
+        "weights": f"logs/{sha}/model_final.pth",
+        "weights_sha256": sha * 16,
+        "trained": {"name": record["name"], "config": config, "distilled": distilled},
+        "distilled": distilled,
+    }
+
+
+def test_same_name_trained_differently_is_refused():
+    # the plain and the distilled student evaluated under one KDREID.NAME: one row "2 runs" before
+    plain = _trained(_record("mbv1", 30.0, 25.0, 4.0), "mobilenetv1.yml", False, "a")
+    distilled = _trained(_record("mbv1", 40.0, 35.0, 4.0), "kd_mobilenetv1.yml", True, "b")
+    with pytest.raises(ValueError, match=r"'mbv1' differ in training config \(mobilenetv1.yml"):
+        summarise([plain, distilled])
+    distilled["trained"]["config"] = "mobilenetv1.yml"
+    with pytest.raises(ValueError, match=r"'mbv1' differ in distillation \(False and True\)"):
+        summarise([plain, distilled])
+    # seeds of one model: same training config, other weights
+    seed2 = _trained(_record("mbv1", 32.0, 27.0, 4.0), "mobilenetv1.yml", False, "c")
+    assert summarise([plain, seed2])[0]["runs"] == 2
+    # one weights file evaluated twice is not two runs
+    again = _trained(_record("mbv1", 30.0, 25.0, 4.0), "mobilenetv1.yml", False, "a")
+    with pytest.raises(ValueError, match="evaluated the same weights"):
+        summarise([plain, again])
+
+
+def test_kind_comes_from_the_record_not_the_name(monkeypatch, tmp_path):
+    from speed_kd import tradeoff
+
+    records = [
+        {**_record("kd-free baseline", 30.0, 25.0, 4.0), "distilled": False},
+        {**_record("student B", 40.0, 35.0, 5.0), "distilled": True},
+        _record("old record", 35.0, 30.0, 6.0),  # written before records said
+        _record("LOMO+XQDA", 10.0, 12.0, 40.0, kind="classical", macs=None),
+    ]
+    styles = {r["name"]: tradeoff._style(r) for r in summarise(records)}
+    assert styles == {
+        "kd-free baseline": "alone",
+        "student B": "distilled",
+        "old record": "unknown",
+        "LOMO+XQDA": "classical",
+    }
+    drawn = []
+    real = tradeoff.plt.Axes.errorbar
+
+    def spy(self, x, y, **kwargs):
+        drawn.append((kwargs["color"], kwargs.get("markerfacecolor")))
+        return real(self, x, y, **kwargs)
+
+    monkeypatch.setattr(tradeoff.plt.Axes, "errorbar", spy)
+    records[1]["other_cpu_load"] = 1.5
+    tradeoff.plot_tradeoff(summarise(records), str(tmp_path / "plot.png"))
+    assert drawn[0] == ("tab:blue", "tab:blue") and drawn[1] == ("tab:red", "none")
+
+
+def test_busy_cpu_is_flagged_in_the_table():
+    records = [dict(r) for r in RECORDS]
+    records[3]["other_cpu_load"] = 1.5  # student +KD
+    table = markdown_table(summarise(records), reference="teacher")
+    row = next(line for line in table.splitlines() if line.startswith("| student +KD"))
+    assert row.count("⚠") == 3  # latency, speed-up, throughput
+    assert "⚠ unreliable speed: other processes kept up to 1.5 CPUs busy while student +KD" in table
+    assert "⚠" not in next(line for line in table.splitlines() if line.startswith("| teacher"))
+    assert "⚠" not in markdown_table(summarise(RECORDS))
