@@ -294,6 +294,7 @@ def profile_model(
     warmup: int = 3,
     iters: int | None = None,
     time_budget_s: float = 2.0,
+    log=None,
 ) -> dict:
     """Params, multiply-adds, batch-1 latency and batched throughput on random 0-255 images.
 
@@ -304,6 +305,8 @@ def profile_model(
             device of the model's parameters.
         batch_size: batch of the throughput measurement.
         warmup, iters, time_budget_s: as :func:`measure_latency`, for each measurement.
+        log: called with a line as each step starts and ends (a measurement on a CPU can take
+            tens of seconds: a batch-64 pass of a ResNet-50 takes seconds); None: silent.
 
     Returns:
         ``{"device", "device_name", "input_size", "params", "macs", "feature_dim", "latency_ms",
@@ -318,17 +321,35 @@ def profile_model(
     generator = torch.Generator(device=device).manual_seed(0)
     batch = 255 * torch.rand(batch_size, 3, height, width, generator=generator, device=device)
     single = batch[:1].clone()
+    log = log or (lambda line: None)
+    passes = (
+        f"{warmup} warm-up + {iters} timed passes"
+        if iters
+        else f"{warmup} warm-up + {MIN_ITERS} to {MAX_ITERS} timed passes (~{time_budget_s:g} s)"
+    )
+    started = time.perf_counter()
     with OtherCpuLoad() as others:
+        log(f"Speed 1/3: latency at batch 1 on {device.type}, {passes}")
         latency = measure_latency(model, single, warmup, iters, time_budget_s)
+        # a batched pass takes at most about batch x the batch-1 latency
+        per_pass = latency["median_ms"] * batch_size / 1000
+        bound = per_pass * (warmup + (iters or MIN_ITERS)) + (0 if iters else time_budget_s)
+        log(
+            f"Speed 2/3: latency {latency['median_ms']:.2f} ms; throughput at batch "
+            f"{batch_size}, {passes} (about {bound:.0f} s at most)"
+        )
         throughput = measure_throughput(model, batch, warmup, iters, time_budget_s)
+    log(f"Speed 3/3: {throughput:.1f} images/s; counting multiply-adds")
     with _eval_mode(model), torch.inference_mode():
         feature_dim = int(model(single).shape[-1])
+    macs = count_macs(model, single)
+    log(f"Speed measured in {time.perf_counter() - started:.0f} s")
     return {
         "device": device.type,
         "device_name": device_name(device),
         "input_size": [int(height), int(width)],
         "params": count_parameters(model),
-        "macs": count_macs(model, single),
+        "macs": macs,
         "feature_dim": feature_dim,
         "latency_ms": latency["median_ms"],
         "throughput": throughput,

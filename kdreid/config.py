@@ -64,7 +64,8 @@ def add_kdreid_config(cfg: CfgNode) -> None:
     # throughput at TEST.IMS_PER_BATCH) and write it with the accuracy to
     # OUTPUT_DIR/speed_accuracy.json.
     cfg.KDREID.SPEED = True
-    # Name of the model in that record and in trade-off tables; "" uses the config file's name.
+    # Name of the model in that record and in trade-off tables; "" uses the name of the run that
+    # trained MODEL.WEIGHTS (recorded in its checkpoint), else the config file's name.
     cfg.KDREID.NAME = ""
     # Extract evaluation features under autocast: bfloat16 on the CPU, float16 on CUDA (the
     # descriptors are then compared in float32). Training's mixed precision is SOLVER.AMP.ENABLED.

@@ -164,6 +164,16 @@ def test_timing_validates_counts():
         measure_latency(Sleeper(), torch.zeros(1), iters=0)
 
 
+def test_profile_model_logs_each_step():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    lines = []
+    record = profile_model(model, input_size=(8, 6), batch_size=4, iters=2, log=lines.append)
+    assert [line.split(":")[0] for line in lines[:3]] == ["Speed 1/3", "Speed 2/3", "Speed 3/3"]
+    assert len(lines) == 4 and lines[3].startswith("Speed measured in ")
+    assert "3 warm-up + 2 timed passes" in lines[0] and "batch 4" in lines[1]
+    assert f"latency {record['latency_ms']:.2f} ms" in lines[1] and "s at most" in lines[1]
+
+
 def test_profile_model_schema():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())

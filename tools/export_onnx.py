@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from kdreid.benchmark import median_seconds
+from kdreid.benchmark import OTHER_LOAD_WARNING, OtherCpuLoad, median_seconds
 from kdreid.checkpoint import prepare_output_dir
 from kdreid.cli import at_least, build_inference_model, finite_at_least, report_user_errors
 from kdreid.config import get_cfg
@@ -315,10 +315,14 @@ def export(
     if latency_runs > 0:
         single = random_images(1, size, seed=2)
         timing = {"warmup": 3, "iters": latency_runs}
-        with torch.inference_mode():
-            result["torch_ms"] = 1000 * median_seconds(lambda: model(single), **timing)
-        feed = {INPUT_NAME: single.numpy()}
-        result["onnxruntime_ms"] = 1000 * median_seconds(lambda: session.run(None, feed), **timing)
+        with OtherCpuLoad() as others:
+            with torch.inference_mode():
+                result["torch_ms"] = 1000 * median_seconds(lambda: model(single), **timing)
+            feed = {INPUT_NAME: single.numpy()}
+            result["onnxruntime_ms"] = 1000 * median_seconds(
+                lambda: session.run(None, feed), **timing
+            )
+        result["other_cpu_load"] = None if others.cpus is None else round(others.cpus, 2)
     return result
 
 
@@ -385,6 +389,12 @@ def run(args) -> dict:
             f"{result['torch_ms']:.2f} ms, onnxruntime {result['onnxruntime_ms']:.2f} ms "
             f"({result['torch_ms'] / result['onnxruntime_ms']:.2f}x)"
         )
+        load = result.get("other_cpu_load")
+        if load is not None and load >= OTHER_LOAD_WARNING:
+            print(
+                f"WARNING: other processes kept {load:.1f} CPUs busy while the latencies were "
+                "measured: they (and their ratio) are unreliable; measure again on an idle machine"
+            )
     return result
 
 

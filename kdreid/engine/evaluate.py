@@ -141,6 +141,7 @@ def speed_accuracy_record(cfg, model, results, config_file=""):
             input_size=tuple(cfg.INPUT.SIZE_TEST),
             device=cfg.MODEL.DEVICE,
             batch_size=cfg.TEST.IMS_PER_BATCH,
+            log=logger.info,
         )
     )
     record["metrics"] = metrics[tests[0]]

@@ -226,3 +226,31 @@ def test_bad_arguments_to_export_are_config_errors(kwargs, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         tool.export(TINY, ["MODEL.WEIGHTS", "unused.pth"], str(tmp_path / "model.onnx"), **kwargs)
     assert os.listdir(tmp_path) == []
+
+
+class _BusyCpu:
+    """OtherCpuLoad as it reads while another process keeps 1.5 CPUs busy."""
+
+    def __enter__(self):
+        self.cpus = None
+        return self
+
+    def __exit__(self, *exc):
+        self.cpus = 1.5
+        return False
+
+
+def test_latencies_measured_on_a_busy_cpu_are_flagged(tmp_path, capsys, monkeypatch):
+    weights = save_checkpoint(tmp_path / "mobilenet.pth", MOBILENET)
+    argv = ["--config-file", TINY, "--output", str(tmp_path / "m.onnx"), "--batch-size", "2"]
+    args = tool.parse_args([*argv, "--latency-runs", "1", *MOBILENET, "MODEL.WEIGHTS", weights])
+    monkeypatch.setattr(tool, "OtherCpuLoad", _BusyCpu)
+    result = tool.run(args)
+    printed = capsys.readouterr().out
+    assert result["other_cpu_load"] == 1.5
+    assert (
+        "WARNING: other processes kept 1.5 CPUs busy while the latencies were measured" in printed
+    )
+    monkeypatch.undo()
+    tool.run(args)
+    assert result["other_cpu_load"] is not None  # measured for real the second time
