@@ -1,11 +1,16 @@
-"""Hooks for FastReID's training loop: distillation's warm-up, and one model on every rank."""
+"""Hooks for FastReID's training loop: distillation's warm-up, one model on every rank, and the
+evaluation's metrics in the metric files."""
+
+import json
 
 from fastreid.engine.train_loop import HookBase
+from fastreid.evaluation.testing import flatten_results_dict
+from fastreid.utils.events import JSONWriter, TensorboardXWriter
 
 from kdreid.engine import distributed
 from kdreid.meta_arch import unwrap
 
-__all__ = ["DistillationWarmup", "SyncReplicas"]
+__all__ = ["DistillationWarmup", "EvalResultsWriter", "SyncReplicas"]
 
 
 class DistillationWarmup(HookBase):
@@ -54,3 +59,52 @@ class SyncReplicas(HookBase):
     def after_epoch(self):
         distributed.sync_buffers(self.model)
         distributed.check_replicas(self.model, f"Epoch {self.trainer.epoch + 1}")
+
+
+class EvalResultsWriter(HookBase):
+    """Write each evaluation's metrics to ``metrics.json`` and TensorBoard, the final one included.
+
+    FastReID's ``EvalHook`` puts the metrics into the event storage at the current iteration, and
+    its JSON and TensorBoard writers skip scalars of an iteration they have already written. So an
+    evaluation at the end of an epoch whose last step was logged never reaches the files; the
+    final one never does (the last step is always logged, and an evaluation after training, as
+    ``TEST.EVAL_PERIOD 0`` runs it, finds the writers only closing). Placed after ``EvalHook`` and
+    before ``PeriodicWriter`` (on the main process), this hook writes such metrics itself; those
+    the writers will still write are left to them, so no line is doubled.
+
+    Args:
+        writers: the ``PeriodicWriter``'s writers (the same objects).
+        results: called without arguments, the last evaluation's results (a nested dict), or None.
+    """
+
+    def __init__(self, writers, results):
+        self._writers = writers
+        self._results = results
+        self._written = None
+
+    def _write(self, after_train):
+        results = self._results()
+        if results is None or results is self._written:
+            return
+        self._written = results
+        scalars = {k: float(v) for k, v in flatten_results_dict(results).items()}
+        iteration = self.trainer.storage.iter
+        for writer in self._writers:
+            if not isinstance(writer, JSONWriter | TensorboardXWriter):
+                continue  # the console printer: the evaluation logs its own table
+            if not after_train and iteration > writer._last_write:
+                continue  # the PeriodicWriter writes this iteration next, metrics included
+            if isinstance(writer, JSONWriter):
+                line = json.dumps({**scalars, "iteration": iteration}, sort_keys=True)
+                writer._file_handle.write(line + "\n")
+                writer._file_handle.flush()
+            elif isinstance(writer, TensorboardXWriter):
+                for key, value in scalars.items():
+                    writer._writer.add_scalar(key, value, iteration)
+                writer._writer.flush()
+
+    def after_epoch(self):
+        self._write(after_train=False)
+
+    def after_train(self):
+        self._write(after_train=True)

@@ -35,7 +35,7 @@ from kdreid.checkpoint import AtomicCheckpointer
 from kdreid.compat import CheckpointLoadError
 from kdreid.config import autocast_dtype
 from kdreid.engine import distributed, validation
-from kdreid.engine.hooks import DistillationWarmup, SyncReplicas
+from kdreid.engine.hooks import DistillationWarmup, EvalResultsWriter, SyncReplicas
 from kdreid.errors import UserInputError, WeightsError
 from kdreid.evaluation import ReidEvaluator
 from kdreid.meta_arch import distils, unwrap
@@ -321,8 +321,12 @@ class Trainer(DefaultTrainer):
         period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else self.max_epoch + 1
         ret.append(hooks.EvalHook(period, test_and_save_results))
         if comm.is_main_process():
+            writers = self.build_writers()
+            ret.append(
+                EvalResultsWriter(writers, lambda: getattr(self, "_last_eval_results", None))
+            )
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
-            ret.append(hooks.PeriodicWriter(self.build_writers(), cfg.KDREID.LOG_PERIOD))
+            ret.append(hooks.PeriodicWriter(writers, cfg.KDREID.LOG_PERIOD))
         return ret
 
     def resume_or_load(self, resume=True):

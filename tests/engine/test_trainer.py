@@ -179,6 +179,43 @@ def test_eval_period_zero_evaluates_once_at_the_end(fastreid_root, tmp_path):
     assert calls == [1]  # once, after the last (second) epoch
 
 
+def _metric_lines(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _tensorboard_scalars(output_dir, tag):
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = glob.glob(os.path.join(output_dir, "events.out.tfevents.*"))
+    accumulator = EventAccumulator(events)
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+
+
+@pytest.mark.parametrize("period", [0, 1])
+def test_every_evaluation_reaches_metrics_json_and_tensorboard(fastreid_root, tmp_path, period):
+    # the final evaluation's metrics were only in the log: FastReID's writers skip the scalars of
+    # an iteration they have written, and after training they only close
+    cfg = _tiny_cfg(tmp_path, **{"TEST.EVAL_PERIOD": period, "SOLVER.MAX_EPOCH": 2})
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    evaluations = [line for line in _metric_lines(tmp_path) if "mAP" in line]
+    assert len(evaluations) == (1 if period == 0 else 2)
+    assert evaluations[-1]["mAP"] == pytest.approx(results["mAP"])
+    assert evaluations[-1]["Rank-1"] == pytest.approx(results["Rank-1"])
+    iterations = [line["iteration"] for line in _metric_lines(tmp_path)]
+    assert len(iterations) == len(set(iterations)) + (1 if period else 0)  # none written twice
+    board = _tensorboard_scalars(tmp_path, "mAP")
+    assert [step for step, _ in board] == [line["iteration"] for line in evaluations]
+    assert board[-1][1] == pytest.approx(results["mAP"], rel=1e-6)
+
+
 def _run(project, *argv, env, **kwargs):
     cmd = [sys.executable, os.path.join(REPO, "projects", project, "train_net.py"), *argv]
     return subprocess.Popen(
