@@ -25,6 +25,8 @@ weights-only backbone weights          the backbone builders' ``torch.load``   (
                                        of ``PRETRAIN_PATH`` unpickles          by default, or with
                                        arbitrary objects                       ``TORCH_FORCE_NO_
                                                                                WEIGHTS_ONLY_LOAD``)
+``fastreid.__version__``               the environment log says "fastreid      (1.4.0 says 1.3)
+                                       1.3" for the installed 1.4.0
 =====================================  ======================================  ====================
 """
 
@@ -429,6 +431,19 @@ def short_run_metric_printer():
     CommonMetricPrinter.write = _write
 
 
+def installed_fastreid_version():
+    """fastreid 1.4.0's ``__version__`` is still "1.3", so FastReID's environment report (the top
+    of every run's log) names the wrong release: it becomes the installed distribution's."""
+    import importlib.metadata
+
+    import fastreid
+
+    try:
+        fastreid.__version__ = importlib.metadata.version("fastreid")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout on sys.path
+        pass
+
+
 _REPAIRS = (
     restore_collections_aliases,
     provide_torch_six,
@@ -441,6 +456,7 @@ _REPAIRS = (
     weights_only_checkpoints,
     weights_only_backbone_weights,
     short_run_metric_printer,
+    installed_fastreid_version,
 )
 
 

@@ -182,3 +182,15 @@ def test_fastreid_optimizer_keeps_learning_after_the_first_step():
         optimizer.step()
         moved = [not torch.equal(a, p) for a, p in zip(snapshot, model.parameters())]
         assert all(moved), moved
+
+
+def test_fastreid_reports_the_installed_release():
+    # fastreid 1.4.0's __version__ says "1.3", and so did every run's environment log
+    import importlib.metadata
+
+    import fastreid
+    from fastreid.utils.collect_env import collect_env_info
+
+    installed = importlib.metadata.version("fastreid")
+    assert fastreid.__version__ == installed == "1.4.0"
+    assert f"{installed} @" in collect_env_info()

@@ -12,6 +12,7 @@ import json
 import logging
 import numbers
 import queue
+import re
 import sys
 import threading
 import time
@@ -29,7 +30,6 @@ from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
 from fastreid.utils.params import ContiguousParams
-from tqdm import tqdm
 
 from kdreid.checkpoint import AtomicCheckpointer
 from kdreid.compat import CheckpointLoadError
@@ -39,6 +39,7 @@ from kdreid.engine.hooks import DistillationWarmup, EvalResultsWriter, SyncRepli
 from kdreid.errors import UserInputError, WeightsError
 from kdreid.evaluation import ReidEvaluator
 from kdreid.meta_arch import distils, unwrap
+from kdreid.progress import progress
 
 __all__ = [
     "AutocastForward",
@@ -53,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 
 class ProgressLoader:
-    """Wraps a finite data loader so that iterating it draws a progress bar.
+    """Wraps a finite data loader so that iterating it draws a progress bar (log lines where
+    stderr is not a terminal: :func:`kdreid.progress.progress`).
 
     Args:
         loader: an iterable with ``__len__`` and ``dataset``.
@@ -72,14 +74,12 @@ class ProgressLoader:
 
     def __iter__(self):
         return iter(
-            tqdm(
+            progress(
                 self.loader,
                 desc=self.desc,
                 total=len(self.loader),
                 unit="batch",
-                disable=not self.enabled,
-                dynamic_ncols=True,
-                leave=False,
+                enabled=self.enabled,
             )
         )
 
@@ -180,6 +180,58 @@ class MixedPrecisionLoop(SimpleTrainer):
             self.grad_scaler.update()
         if isinstance(self.param_wrapper, ContiguousParams):
             self.param_wrapper.assert_buffer_is_valid()
+
+
+MAX_LOSS_TERMS = 6
+"""Loss terms (besides ``total_loss``) the training log line shows one by one; with more (MDPR
+has 21), it shows them summed by kind (:func:`compact_loss_line`)."""
+
+_LOSS_TERM = re.compile(r"(\S*loss\S*): (\S+)")
+
+
+def loss_kind(name):
+    """The kind of a loss term, from its name: ``loss_hard_part_0_triplet`` -> ``triplet``,
+    ``loss_diversity_loss_reg_4`` -> ``diversity``, ``loss_mutual_distillation`` ->
+    ``distillation`` (its last word, trailing indices, ``reg`` and ``loss`` left out)."""
+    words = [w for w in re.sub(r"(_reg)?(_\d+)*$", "", name).split("_") if w and w != "loss"]
+    return words[-1] if words else name
+
+
+def compact_loss_line(line, max_terms=MAX_LOSS_TERMS):
+    """FastReID's training log line with its loss terms summed by :func:`loss_kind` where there
+    are more than ``max_terms`` (``total_loss`` kept as is); each kind says how many terms it
+    sums. Every term stays in ``metrics.json`` and TensorBoard."""
+    terms = [(m, m.group(1), m.group(2)) for m in _LOSS_TERM.finditer(line)]
+    parts = [t for t in terms if t[1] != "total_loss"]
+    if len(parts) <= max_terms:
+        return line
+    try:
+        values = [(name, float(value)) for _, name, value in parts]
+    except ValueError:
+        return line
+    kinds = {}
+    for name, value in values:
+        total, count = kinds.get(loss_kind(name), (0.0, 0))
+        kinds[loss_kind(name)] = (total + value, count + 1)
+    shown = [f"{m.group(0)}" for m, name, _ in terms if name == "total_loss"] + [
+        f"{kind}: {total:.4g}" + (f" (sum of {count})" if count > 1 else "")
+        for kind, (total, count) in kinds.items()
+    ]
+    start, end = terms[0][0].start(), terms[-1][0].end()
+    return line[:start] + "  ".join(shown) + line[end:]
+
+
+class _CompactLossLine:
+    """The metric printer's logger, its lines passed through :func:`compact_loss_line`."""
+
+    def __init__(self, logger):
+        self._logger = logger
+
+    def info(self, message, *args, **kwargs):
+        self._logger.info(compact_loss_line(str(message)), *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._logger, name)
 
 
 class _HideUserErrors(logging.Filter):
@@ -287,6 +339,17 @@ class Trainer(DefaultTrainer):
                 raise
             raise error from exc
 
+    def build_writers(self):
+        """FastReID's writers; the console line of a model with many loss terms sums them by
+        kind (:func:`compact_loss_line`; each term is still in ``metrics.json``)."""
+        from fastreid.utils.events import CommonMetricPrinter
+
+        writers = super().build_writers()
+        for writer in writers:
+            if isinstance(writer, CommonMetricPrinter):
+                writer.logger = _CompactLossLine(writer.logger)
+        return writers
+
     def build_hooks(self):
         """FastReID's hooks, in its order: timer, LR schedule, precise BN, layer freezing,
         evaluation (every ``TEST.EVAL_PERIOD`` epochs; 0: once, after the last), then on the main
@@ -335,12 +398,22 @@ class Trainer(DefaultTrainer):
         except BaseException:
             self.close()
             raise
-        if resume and self.start_epoch > 0:
+        if resume and 0 < self.start_epoch < self.max_epoch:
+            # start_epoch counts the epochs done; FastReID's own lines ("Starting training from
+            # epoch S", "epoch/iter") count epochs from 0, so S is the next epoch's index
             logger.info(
-                "Resumed from %s: continuing at epoch %d (iteration %d) of %d",
+                "Resumed from %s, saved after %d of %d epochs: training continues from iteration "
+                "%d (FastReID's epoch %d, counted from 0)",
                 self.checkpointer.get_checkpoint_file(),
                 self.start_epoch,
+                self.max_epoch,
                 self.start_epoch * self.iters_per_epoch,
+                self.start_epoch,
+            )
+        elif resume and self.start_epoch >= self.max_epoch:
+            logger.info(
+                "Resumed from %s, saved after all %d epochs",
+                self.checkpointer.get_checkpoint_file(),
                 self.max_epoch,
             )
 

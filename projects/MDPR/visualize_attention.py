@@ -38,7 +38,6 @@ import os
 from collections.abc import Sequence
 
 import torch
-from tqdm import tqdm
 
 import mdpr  # noqa: F401  (imported for registration of MDPR; it repairs fastreid first)
 
@@ -51,6 +50,7 @@ from kdreid.checkpoint import prepare_output_dir
 from kdreid.cli import at_least, build_inference_model, parse_with_opts, report_user_errors
 from kdreid.engine.validation.datasets import read_image
 from kdreid.errors import ConfigError, OutputDirError, UserInputError
+from kdreid.progress import progress
 from mdpr.visualize import (
     MIN_PANEL_WIDTH,
     attention_panels,
@@ -196,12 +196,8 @@ def visualize(
     names = output_names(paths)
     written = []
     batch_size = max(1, cfg.TEST.IMS_PER_BATCH)
-    with tqdm(
-        total=len(paths),
-        desc="Attention maps",
-        unit="image",
-        disable=not cfg.KDREID.PROGRESS,
-        dynamic_ncols=True,
+    with progress(
+        total=len(paths), desc="Attention maps", unit="image", enabled=cfg.KDREID.PROGRESS
     ) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = slice(start, start + batch_size)

@@ -16,7 +16,6 @@ import os
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import kdreid  # noqa: F401  (repairs fastreid and registers SynthReID before the registry is used)
 
@@ -28,6 +27,7 @@ from kdreid.cli import at_least, check_output_dir, report_user_errors
 from kdreid.engine.validation import registered_names
 from kdreid.errors import ConfigError, UnreadableImageError
 from kdreid.evaluation import evaluate_rank, re_ranking
+from kdreid.progress import progress
 from speed_kd.lomo import LOMO
 from speed_kd.xqda import XQDA
 
@@ -98,7 +98,7 @@ def extract(extractor, paths, device, batch_size, desc) -> torch.Tensor:
     """(len(paths), dim) float32 LOMO descriptors on the CPU, in batches with a progress bar."""
     features = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):
+        for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch"):
             batch = read_images(paths[start : start + batch_size]).to(device)
             features.append(extractor(batch).cpu())
     return torch.cat(features)

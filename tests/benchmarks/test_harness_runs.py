@@ -101,7 +101,8 @@ def test_training_images_counts_this_process_only(tmp_path):
     log, config = _log(
         tmp_path,
         [
-            "Resumed from model_0001.pth: continuing at epoch 2 (iteration 8) of 5",
+            "Resumed from model_0001.pth, saved after 2 of 5 epochs: training continues from "
+            "iteration 8 (FastReID's epoch 2, counted from 0)",
             "Starting training from epoch 2",
             " eta: 0:00:09  epoch/iter: 2/9  total_loss: 6.7",
             " eta: 0:00:07  epoch/iter: 2/11  total_loss: 6.7",

@@ -191,7 +191,7 @@ def test_resume_on_two_processes_continues_where_it_stopped(mdpr_run, market95, 
         market95,
     )  # fmt: skip
     assert status == 0, log[-5000:]
-    assert "continuing at epoch 1 (iteration 6) of 2" in log
+    assert "saved after 1 of 2 epochs: training continues from iteration 6" in log
     seeds = [
         re.search(r"Resuming at epoch 1: seeded the random generators with (\d+)", _read(p))[1]
         for p in (out / "log.txt", out / "log.txt.rank1")

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -179,6 +180,20 @@ def test_eval_period_zero_evaluates_once_at_the_end(fastreid_root, tmp_path):
     assert calls == [1]  # once, after the last (second) epoch
 
 
+def test_resuming_a_finished_run_says_so(fastreid_root, tmp_path, caplog):
+    # it said "continuing at epoch 2 of 2" (FastReID's count from 0 against a count of epochs)
+    cfg = _tiny_cfg(tmp_path, **{"SOLVER.MAX_EPOCH": 1})
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    with caplog.at_level(logging.INFO, logger="kdreid.engine.trainer"):
+        again = Trainer(cfg)
+        again.resume_or_load(resume=True)
+        again.close()
+    said = " ".join(r.getMessage() for r in caplog.records if "Resumed from" in r.getMessage())
+    assert said.endswith("model_final.pth, saved after all 1 epochs") and "continu" not in said
+
+
 def _metric_lines(output_dir):
     with open(os.path.join(output_dir, "metrics.json")) as f:
         return [json.loads(line) for line in f]
@@ -322,7 +337,7 @@ def test_resume_after_a_killed_run(datasets_root, tmp_path):
     proc = _run("SpeedKD", "--resume", *opts, env=_env(datasets_root))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    assert f"continuing at epoch {saved_epoch + 1}" in out
+    assert f"saved after {saved_epoch + 1} of 6 epochs: training continues from" in out
     assert f"Resuming at epoch {saved_epoch + 1}: seeded the random generators with" in out
     assert f"Starting training from epoch {saved_epoch + 1}" in out
     assert (tmp_path / "model_final.pth").is_file()

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sys
 import urllib.error
 import urllib.parse
 
@@ -22,6 +23,7 @@ from fastreid.modeling.backbones import build_backbone
 from kdreid.checkpoint import read_checkpoint
 from kdreid.compat import checkpoint_format_problem
 from kdreid.errors import ConfigError, WeightsError
+from kdreid.progress import is_terminal
 
 __all__ = ["check_pretrained", "load_error", "pretrained_url", "resolve_pretrained", "MIN_PROVIDED"]
 
@@ -98,9 +100,13 @@ def _fetch(url, what):
                 return destination
             match = torch.hub.HASH_REGEX.search(filename)
             logger.info(f"Downloading {what} from {url} to {destination}")
-            torch.hub.download_url_to_file(
-                url, destination, hash_prefix=match.group(1) if match else None, progress=True
+            torch.hub.download_url_to_file(  # its bar only on a terminal: no \r in log files
+                url,
+                destination,
+                hash_prefix=match.group(1) if match else None,
+                progress=is_terminal(sys.stderr),
             )
+            logger.info(f"Downloaded {destination}")
     except urllib.error.URLError as exc:
         reason = getattr(exc, "reason", exc)
         reason = (
