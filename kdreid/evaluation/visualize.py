@@ -134,6 +134,13 @@ def _numpy(array, name):
     return array
 
 
+def camera_label(camid):
+    """The camera as the dataset's file names write it: FastReID's loaders (Market-1501,
+    DukeMTMC-reID, MSMT17, and SynthReID like them) store the file's camera number minus one, so
+    ``0001_c1s1_...`` has camera id 0 and is labelled ``c1``."""
+    return f"c{int(camid) + 1}"
+
+
 def rank_gallery(dist_row, q_pid, q_camid, g_pids, g_camids):
     """A query's gallery ranked by distance, junk (same person and camera) left out.
 
@@ -280,7 +287,7 @@ def render_ranked_list(
             layout.margin,
             y,
             QUERY_COLOUR,
-            ["query", f"id {q_pid} c{q_camid}"],
+            ["query", f"id {q_pid} {camera_label(q_camid)}"],
             layout,
         )
         for position in range(shown):
@@ -290,7 +297,7 @@ def render_ranked_list(
             match = bool(ranked_list.is_match[position])
             captions = [
                 f"#{position + 1} {_format_distance(float(ranked_list.distances[position]))}",
-                f"id {g_pids[index]} c{g_camids[index]}",
+                f"id {g_pids[index]} {camera_label(g_camids[index])}",
             ]
             colour = MATCH_COLOUR if match else MISMATCH_COLOUR
             _draw_tile(

@@ -198,3 +198,21 @@ def test_pick_queries():
         pick_queries(all_ap, indices, 2, order="random")
     with pytest.raises(ValueError, match="same length"):
         pick_queries(all_ap, indices[:4], 2)
+
+
+def test_cameras_are_labelled_as_the_file_names_write_them(images, monkeypatch):
+    # FastReID stores 0001_c1s1_... as camera 0; the pictures said "c0"
+    from kdreid.evaluation import visualize
+
+    captions = []
+    draw = visualize._draw_tile
+    monkeypatch.setattr(
+        visualize, "_draw_tile", lambda *a: captions.append(a[5]) or draw(*a)
+    )  # fmt: skip
+    query, gallery = images
+    g_pids = np.array([7, 7, 3, 7, 3, 5])
+    g_camids = np.array([0, 1, 0, 2, 5, 1])
+    distances = np.arange(6, dtype=float)[None]
+    render_ranked_list(query[0], gallery, [("", distances[0])], 7, 0, g_pids, g_camids, topk=3)
+    assert captions[0] == ["query", "id 7 c1"]
+    assert [c[1] for c in captions[1:]] == ["id 7 c2", "id 3 c1", "id 7 c3"]  # item 0: junk

@@ -210,3 +210,26 @@ def test_busy_cpu_is_flagged_in_the_table():
     assert "⚠ unreliable speed: other processes kept up to 1.5 CPUs busy while student +KD" in table
     assert "⚠" not in next(line for line in table.splitlines() if line.startswith("| teacher"))
     assert "⚠" not in markdown_table(summarise(RECORDS))
+
+
+@pytest.mark.parametrize("latencies", [(3.0, 8.0), (0.9, 40.0), (0.4, 400.0)])
+def test_latency_axis_labels_do_not_overlap(latencies):
+    from speed_kd.tradeoff import plt, tradeoff_figure
+
+    low, high = latencies
+    records = [_record("slow", 50.0, 45.0, high), _record("fast", 30.0, 25.0, low)]
+    fig = tradeoff_figure(summarise(records))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axis = fig.axes[0].xaxis
+    lo, hi = fig.axes[0].get_xlim()
+    labels = [
+        t.label1
+        for t in axis.get_major_ticks() + axis.get_minor_ticks()
+        if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi
+    ]
+    boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda b: b.x0)
+    plt.close(fig)
+    assert len(boxes) >= 2  # a scale to read, even within one decade
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, (left, right)
