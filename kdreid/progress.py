@@ -12,7 +12,7 @@ import time
 
 from tqdm import tqdm
 
-__all__ = ["LOG_EVERY_S", "is_terminal", "progress"]
+__all__ = ["LOG_EVERY_S", "is_terminal", "progress", "show_progress_lines"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,3 +102,15 @@ def is_terminal(stream):
         return stream.isatty()
     except (AttributeError, ValueError):  # replaced or closed streams
         return False
+
+
+def show_progress_lines():
+    """For a script without FastReID's logging: let :func:`progress`'s lines reach stderr (the
+    script's own logging may stop at warnings)."""
+    log = logging.getLogger(__name__)
+    log.setLevel(logging.INFO)
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False

@@ -50,7 +50,7 @@ from kdreid.checkpoint import prepare_output_dir
 from kdreid.cli import at_least, build_inference_model, parse_with_opts, report_user_errors
 from kdreid.engine.validation.datasets import read_image
 from kdreid.errors import ConfigError, OutputDirError, UserInputError
-from kdreid.progress import progress
+from kdreid.progress import progress, show_progress_lines
 from mdpr.visualize import (
     MIN_PANEL_WIDTH,
     attention_panels,
@@ -216,7 +216,10 @@ def visualize(
                 panels = attention_panels([(k, a[i]) for k, a in levels], with_background)
                 path = os.path.join(output, name)
                 try:
-                    render(pictures[i], boundaries, panels, path, scale=scale)
+                    render(
+                        pictures[i], boundaries, panels, path, scale=scale,
+                        name=os.path.basename(paths[start + i]),
+                    )  # fmt: skip
                 except OSError as exc:
                     raise OutputDirError(f"Cannot write '{path}': {exc}") from exc
                 written.append(path)
@@ -262,6 +265,7 @@ def run(args) -> list[str]:
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    show_progress_lines()
     report_user_errors(run, parse_args(argv))
 
 

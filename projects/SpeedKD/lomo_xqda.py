@@ -27,7 +27,7 @@ from kdreid.cli import at_least, check_output_dir, report_user_errors
 from kdreid.engine.validation import registered_names
 from kdreid.errors import ConfigError, UnreadableImageError
 from kdreid.evaluation import evaluate_rank, re_ranking
-from kdreid.progress import progress
+from kdreid.progress import progress, show_progress_lines
 from speed_kd.lomo import LOMO
 from speed_kd.xqda import XQDA
 
@@ -221,6 +221,7 @@ def run(
 
 def main(argv=None):
     args = parse_args(argv)
+    show_progress_lines()
     record = report_user_errors(
         run, args.dataset, args.root, args.output_dir, args.device, args.batch_size, args.rerank
     )

@@ -2,10 +2,12 @@
 ``projects/MDPR/visualize_attention.py``.
 
 Each panel is an image at the model's input resolution; attention maps are upsampled bilinearly to
-it and blended in as a heat colour whose opacity grows with the attention (:func:`overlay`), on a
-fixed 0-1 colour scale; the stripe split of the hard branch is drawn as labelled boundaries
-(:func:`stripe_boundaries`, the same split as :meth:`mdpr.modeling.Generate.stripes`). Drawn on
-matplotlib's Agg canvas (no display, no pyplot state).
+it and blended as a heat colour, whose opacity grows with the attention, over the image in grey
+(:func:`overlay`: on a colourful picture the heat could not be told from the clothes), on a fixed
+0-1 colour scale, each panel titled with its map's peak; the stripe split of the hard branch is
+drawn as labelled boundaries (:func:`stripe_boundaries`, the same split as
+:meth:`mdpr.modeling.Generate.stripes`). Drawn on matplotlib's Agg canvas (no display, no pyplot
+state).
 """
 
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ __all__ = [
     "Layout",
     "attention_panels",
     "background",
+    "greyscale",
     "layout",
     "overlay",
     "pixel_boundaries",
@@ -45,7 +48,7 @@ BOUNDARY_COLOUR = (1.0, 1.0, 1.0)
 
 _DPI = 100
 _GAP = 8  # pixels around and between panels
-_TITLE = 16  # title band above the panels
+_TITLE = 40  # band above the panels: the picture's name, then two-line panel titles
 _COLORBAR = 34  # colour bar band under the panels: bar, ticks and their labels
 _FONT_SIZE = 7
 
@@ -120,20 +123,32 @@ def attention_panels(
     return panels
 
 
+def greyscale(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as grey in three channels: ITU-R BT.601 luma (as PIL's "L")."""
+    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
 def overlay(
-    image: np.ndarray, attention: np.ndarray, cmap: str = CMAP, alpha: float = ALPHA
+    image: np.ndarray,
+    attention: np.ndarray,
+    cmap: str = CMAP,
+    alpha: float = ALPHA,
+    grey: bool = True,
 ) -> np.ndarray:
     """The image under an attention map drawn as heat, opaque where the attention is high.
 
-    Each pixel becomes ``(1 - w) * image + w * colour(a)`` with ``a`` the attention clipped to
-    [0, 1], ``colour`` the colour map on [0, 1] and ``w = alpha * a``: where the attention is 0
-    the image is unchanged.
+    Each pixel becomes ``(1 - w) * base + w * colour(a)`` with ``a`` the attention clipped to
+    [0, 1], ``colour`` the colour map on [0, 1], ``w = alpha * a`` and ``base`` the image in
+    grey (:func:`greyscale`), or as it is with ``grey`` False: where the attention is 0 the
+    panel shows the base.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         attention: (h, w) map in [0, 1]; upsampled bilinearly to H x W when smaller or larger.
         cmap: a matplotlib colour map name.
         alpha: the heat's opacity where the attention is 1.
+        grey: blend over the image in grey, so that only the heat is in colour.
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -148,7 +163,8 @@ def overlay(
     a = np.clip(attention.astype(np.float32), 0.0, 1.0)
     heat = colormaps[cmap](a)[..., :3].astype(np.float32) * 255
     weight = (alpha * a)[..., None]
-    blended = (1 - weight) * image.astype(np.float32) + weight * heat
+    base = greyscale(image) if grey else image
+    blended = (1 - weight) * base.astype(np.float32) + weight * heat
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
@@ -165,22 +181,31 @@ class Layout(NamedTuple):
     colorbar: tuple[int, int, int, int]
 
 
+def text_scale(panel_width: int) -> float:
+    """How much larger than at :data:`MIN_PANEL_WIDTH` the lettering is: it grows with the
+    panels (``--scale``), so that a large picture stays legible when it is shrunk to be seen."""
+    return max(1.0, panel_width / MIN_PANEL_WIDTH)
+
+
 def layout(num_panels: int, panel_width: int, panel_height: int) -> Layout:
-    """Boxes of ``num_panels`` panels in a row, titles above, the colour bar below.
+    """Boxes of ``num_panels`` panels in a row, the picture's name and the titles above, the
+    colour bar below.
 
     The panels are ``_GAP`` pixels apart and from the edges; the colour bar spans the attention
-    panels (all but the first).
+    panels (all but the first). The bands for text grow with :func:`text_scale`.
     """
-    width = _GAP + num_panels * (panel_width + _GAP)
-    top = _GAP + _TITLE
-    height = top + panel_height + _COLORBAR + _GAP
+    k = text_scale(panel_width)
+    gap, title, bar_band = round(_GAP * k), round(_TITLE * k), round(_COLORBAR * k)
+    width = gap + num_panels * (panel_width + gap)
+    top = gap + title
+    height = top + panel_height + bar_band + gap
     panels = [
-        (_GAP + i * (panel_width + _GAP), top, panel_width, panel_height) for i in range(num_panels)
+        (gap + i * (panel_width + gap), top, panel_width, panel_height) for i in range(num_panels)
     ]
     bar_left = panels[1][0] if num_panels > 1 else panels[0][0]
-    margin = 2 * _GAP  # room for the half-width of the end tick labels
-    colorbar = (bar_left + margin, top + panel_height + _GAP, width - bar_left - 2 * margin, 8)
-    return Layout(width, height, panels, colorbar)
+    margin = 2 * gap  # room for the half-width of the end tick labels
+    bar = (bar_left + margin, top + panel_height + gap, width - bar_left - 2 * margin, round(8 * k))
+    return Layout(width, height, panels, bar)
 
 
 def _axes(figure: Figure, box: tuple[int, int, int, int], size: Layout):
@@ -202,6 +227,7 @@ def render(
     scale: int = 1,
     cmap: str = CMAP,
     alpha: float = ALPHA,
+    name: str = "",
 ) -> Layout:
     """Write one image's picture: the image with its stripes, then one panel per attention map.
 
@@ -214,6 +240,7 @@ def render(
         scale: magnification of every panel (nearest neighbour), a positive integer.
         cmap: the colour map of the heat.
         alpha: the heat's opacity where the attention is 1.
+        name: the image's name, written above the panels.
 
     Returns:
         The :class:`Layout` of the picture written.
@@ -222,11 +249,17 @@ def render(
     size = layout(1 + len(maps), scale * width, scale * height)
     figure = Figure(figsize=(size.width / _DPI, size.height / _DPI), dpi=_DPI, facecolor="white")
     FigureCanvasAgg(figure)
+    font = _FONT_SIZE * text_scale(scale * width)
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    if name:
+        figure.text(
+            size.panels[0][0] / size.width, 1 - 2 / size.height, name,
+            fontsize=font, ha="left", va="top", fontweight="bold",
+        )  # fmt: skip
 
     ax = _axes(figure, size.panels[0], size)
     ax.imshow(image, interpolation="nearest")
-    ax.set_title(f"{len(boundaries) + 1} stripes", fontsize=_FONT_SIZE, pad=2)
+    ax.set_title(f"input\n{len(boundaries) + 1} stripes", fontsize=font, pad=2)
     edges = [0, *boundaries, height]
     for i, (start, end) in enumerate(zip(edges[:-1], edges[1:])):
         if i:
@@ -237,7 +270,7 @@ def render(
             (start + end) / 2 - 0.5,
             label,
             color="white",
-            fontsize=_FONT_SIZE,
+            fontsize=font,
             va="center",
             ha="left",
             path_effects=outline,
@@ -245,7 +278,9 @@ def render(
     for box, (title, attention) in zip(size.panels[1:], maps):
         ax_map = _axes(figure, box, size)
         ax_map.imshow(overlay(image, attention, cmap, alpha), interpolation="nearest")
-        ax_map.set_title(title, fontsize=_FONT_SIZE, pad=2)
+        # the colours are on one 0-1 scale for every map; the peak says how much of it a map uses
+        peak = float(np.max(attention)) if attention.size else 0.0
+        ax_map.set_title(f"{title}\npeak {peak:.2f}", fontsize=font, pad=2)
     for ax_panel in figure.axes:
         ax_panel.set_axis_off()
     if maps:
@@ -254,7 +289,7 @@ def render(
             cax=_axes(figure, size.colorbar, size),
             orientation="horizontal",
         )
-        bar.ax.tick_params(labelsize=_FONT_SIZE, length=2, pad=1)
-        bar.set_label("attention", fontsize=_FONT_SIZE, labelpad=1)
+        bar.ax.tick_params(labelsize=font, length=2, pad=1)
+        bar.set_label("attention (same scale in every panel)", fontsize=font, labelpad=1)
     save_figure(figure, path, dpi=_DPI, facecolor="white")
     return size

@@ -89,19 +89,26 @@ def test_overlay_heats_where_the_map_is_high():
     attention = np.zeros((4, 2), np.float32)
     attention[:2, 0] = 1
     out = visualize.overlay(image, attention)
+    grey = visualize.greyscale(image)  # the heat is laid over the image in grey
     assert out.shape == image.shape and out.dtype == np.uint8
-    hot = np.abs(out[:24, :8].astype(int) - image[:24, :8]).max(axis=2)
+    hot = np.abs(out[:24, :8].astype(int) - grey[:24, :8]).max(axis=2)
     heat = np.array(visualize.colormaps[visualize.CMAP](1.0)[:3]) * 255
-    expected = np.rint((1 - visualize.ALPHA) * image[:24, :8] + visualize.ALPHA * heat)
+    expected = np.rint((1 - visualize.ALPHA) * grey[:24, :8] + visualize.ALPHA * heat)
     np.testing.assert_allclose(out[:24, :8], expected, atol=1)
     assert np.median(hot) > 40  # the colour changes
-    np.testing.assert_array_equal(out[40:], image[40:])  # the rest is the image
-    np.testing.assert_array_equal(out[:, 24:], image[:, 24:])
+    np.testing.assert_array_equal(out[40:], grey[40:])  # the rest is the grey image
+    np.testing.assert_array_equal(out[:, 24:], grey[:, 24:])
+    in_colour = visualize.overlay(image, attention, grey=False)  # as before: over the colours
+    np.testing.assert_array_equal(in_colour[40:], image[40:])
 
 
-def test_overlay_of_a_zero_map_is_the_image():
+def test_overlay_of_a_zero_map_is_the_image_in_grey():
+    # on a colourful image the heat could not be told from the clothes: only the heat has colour
     image = noise_image(16, 8)
-    np.testing.assert_array_equal(visualize.overlay(image, np.zeros((16, 8))), image)
+    out = visualize.overlay(image, np.zeros((16, 8)))
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    luma = 0.299 * image[..., 0] + 0.587 * image[..., 1] + 0.114 * image[..., 2]
+    np.testing.assert_allclose(out[..., 0], luma, atol=0.51)
 
 
 def test_overlay_rejects_a_grey_image():
@@ -151,9 +158,9 @@ def test_render_places_every_panel_and_the_stripe_boundary(tmp_path):
         left, top = size.panels[i][:2]
         return picture[top + centres[0], left + centres[1]]
 
-    np.testing.assert_array_equal(panel(1), image)  # zero attention: the image itself
+    np.testing.assert_array_equal(panel(1), visualize.greyscale(image))  # zero attention
     np.testing.assert_array_equal(panel(2), visualize.overlay(image, hot))
-    assert not np.array_equal(panel(2), image)
+    assert not np.array_equal(panel(2), visualize.greyscale(image))
     # The boundary before image row 6 is at magnified row 48: a white line across the panel.
     left, top, width, _ = size.panels[0]
     line = picture[top + 47 : top + 49, left + width // 2 : left + width]
@@ -315,3 +322,30 @@ def test_weights_are_required_and_must_fit(tmp_path, checkpoint, images):
         run_tool(tmp_path, images, ["MODEL.DEVICE", "cpu"])
     with pytest.raises(WeightsError, match="do not fit"):
         run_tool(tmp_path, images, ["MODEL.WEIGHTS", checkpoint, "MODEL.MDPR.NUM_PARTS", "3"])
+
+
+def _rendered_figure(monkeypatch, tmp_path, scale, name="0001_c1s1_000151_01.jpg"):
+    figures = []
+    monkeypatch.setattr(visualize, "save_figure", lambda figure, *a, **k: figures.append(figure))
+    image = noise_image(16, 8, seed=2)
+    half = np.full((16, 8), 0.5, np.float32)
+    maps = [("level 4, part 1", half), ("level 4, background", half * 0.4)]
+    size = visualize.render(image, [8], maps, str(tmp_path / "p.png"), scale=scale, name=name)
+    return figures[0], size
+
+
+def test_render_names_the_image_and_each_map_s_peak(monkeypatch, tmp_path):
+    figure, _ = _rendered_figure(monkeypatch, tmp_path, scale=16)
+    assert [t.get_text() for t in figure.texts] == ["0001_c1s1_000151_01.jpg"]
+    titles = [ax.get_title() for ax in figure.axes[1:3]]
+    assert titles == ["level 4, part 1\npeak 0.50", "level 4, background\npeak 0.20"]
+
+
+def test_lettering_grows_with_the_scale(monkeypatch, tmp_path):
+    small, small_size = _rendered_figure(monkeypatch, tmp_path, scale=16)  # panels 128 wide
+    large, large_size = _rendered_figure(monkeypatch, tmp_path, scale=64)  # 512 wide: 4x
+    assert large.texts[0].get_fontsize() == pytest.approx(4 * small.texts[0].get_fontsize())
+    title = [ax.title.get_fontsize() for ax in (small.axes[1], large.axes[1])]
+    assert title[1] == pytest.approx(4 * title[0])
+    # the bands for the text grow with it: the panels start 4x lower
+    assert large_size.panels[0][1] == 4 * small_size.panels[0][1]

@@ -162,10 +162,11 @@ def test_runner_on_synthreid_tiny_writes_the_record(runner, datasets_root, tmp_p
     with open(tmp_path / "speed_accuracy.json") as f:
         assert json.load(f) == record
     assert list(record) == [
-        "name", "kind", "config", "weights", "dataset", "device", "device_name", "input_size",
-        "params", "macs", "latency_ms", "throughput", "throughput_batch", "metrics",
+        "name", "kind", "distilled", "config", "weights", "dataset", "device", "device_name",
+        "input_size", "params", "macs", "latency_ms", "throughput", "throughput_batch", "metrics",
     ]  # fmt: skip
     assert record["name"] == "LOMO+XQDA" and record["kind"] == "classical"
+    assert record["distilled"] is False
     assert record["config"] is record["weights"] is record["macs"] is None
     assert record["dataset"] == "SynthReIDTiny" and record["device"] == "cpu"
     assert record["input_size"] == [128, 48] and record["throughput_batch"] == 16
