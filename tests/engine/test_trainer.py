@@ -296,7 +296,7 @@ def test_bad_input_after_logging_started_is_one_line(datasets_root, tmp_path):
     last = out.rstrip().splitlines()[-1]
     assert last.startswith(
         f"error: MODEL.BACKBONE.PRETRAIN is on but MODEL.BACKBONE.PRETRAIN_PATH ('{missing}') is "
-        "not a file."
+        "not a file: put the ImageNet weights there"
     )
     assert "Traceback" not in out
     with open(tmp_path / "log.txt") as f:

@@ -23,9 +23,12 @@ def test_train_then_evaluate_at_batch_one(datasets_root, tmp_path):
                 datasets_root=datasets_root)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stderr + proc.stdout
+    with open(out / "metrics.json") as f:  # every term; the log line sums them by kind
+        logged = set().union(*(json.loads(line) for line in f))
     for term in ("loss_hard_part_1_triplet", "loss_attn_bap3_cls", "loss_diversity_loss_reg_4",
                  "loss_mutual_distillation", "loss_fusion_cls"):  # fmt: skip
-        assert term in log
+        assert term in logged
+    assert "cls: " in log and "(sum of " in log and "distillation: " in log
     proc = _run("--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
                 "OUTPUT_DIR", str(tmp_path / "eval"), "TEST.IMS_PER_BATCH", "1",
                 datasets_root=datasets_root)  # fmt: skip
