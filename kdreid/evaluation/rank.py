@@ -16,22 +16,24 @@ are implementation-defined; on tie-free rows both agree exactly.
 
 How it is computed: AP, INP and CMC need only the ranks of the positives, so rows are not sorted.
 The gallery is grouped by pid once, which gives each query its few same-pid items (positives and
-junk) without scanning the row. The ``P`` positive distances are sorted; every gallery item is
-placed among them by binary search (``torch.searchsorted``); a per-row histogram of the placements,
-minus those of the same-pid items, counts the negatives ranked before each positive. That is
-``O(G log P)`` per query instead of the ``O(G log G)`` of a sort. Faster still, only negatives no
-farther than the query's last positive can rank before one, so a row is first cut to those
-candidates (one comparison per entry, compacted by ``nonzero``) and only they are placed; a row
-with too many candidates (a weak model) is placed whole instead (see ``CANDIDATE_WORK_RATIO``). A
-row in which some negative's distance equals a positive's exactly is detected and ranked by a
-stable sort instead (float32 distances do tie: a few dozen of Market-1501's 3,368 query rows
-typically have one).
+junk) without scanning the row; they are sorted, which orders the positives and says how many
+same-pid items rank before each. A positive's rank is then its place among the positives plus the
+number of all items before it minus those same-pid ones. All items before it are counted with a
+histogram: each distance of a block of rows gets a bin on a uniform grid over the block's range
+(``BINS_PER_ITEM`` bins per gallery item), a per-row histogram and its running sum count the
+items in lower bins than the positive's (all closer), and the few items in the positive's own bin
+are compared with it exactly, ties by gallery index. The work is a handful of passes over the
+row, ``O(G)``, whatever the data: it does not grow with how deep the positives rank, where a sort
+costs ``O(G log G)`` always. A row whose distances crowd into its positives' bins (many exact
+ties, or a range stretched by an outlier; see ``CROWDED_SHARE``) is ranked by a stable sort.
 
 Memory: the distance matrix is read one block of query rows at a time and never copied on its
 device (a NumPy matrix is used in place on the CPU). A block of ``B`` rows holds at most about
 ``BYTES_PER_ENTRY * B * G`` bytes of temporaries (the stable-sort fallback is the largest), so the
-default block size keeps them within ``DEFAULT_MEMORY_BUDGET``: 256 MiB, i.e. 81 rows for MSMT17's
-82,161 gallery images and 421 rows for Market-1501's 15,913.
+default block size keeps them within ``DEFAULT_MEMORY_BUDGET`` on the CPU, 64 MiB (87 rows of
+Market-1501's 15,913 gallery images, 17 of MSMT17's 82,161: blocks that stay in the caches run
+about 1.5x faster than 256 MiB ones), and ``CUDA_MEMORY_BUDGET``, 256 MiB, on a GPU (fewer kernel
+launches).
 """
 
 import logging
@@ -46,31 +48,37 @@ __all__ = [
     "evaluate_rank",
     "default_chunk_size",
     "DEFAULT_MEMORY_BUDGET",
+    "CUDA_MEMORY_BUDGET",
     "BYTES_PER_ENTRY",
-    "CANDIDATE_WORK_RATIO",
+    "BINS_PER_ITEM",
+    "CROWDED_SHARE",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
-"""Bytes of temporaries one block of query rows may use when ``chunk_size`` is not given."""
+DEFAULT_MEMORY_BUDGET = 64 * 2**20
+"""Bytes of temporaries one block of query rows may use on the CPU when ``chunk_size`` is not
+given."""
 
-BYTES_PER_ENTRY = 40
-"""Bound on temporary bytes per distance entry of a block. Measured peaks: 17 on the binary-search
-path (int64 placements, gathered distances, masks); 27 (float32) and 31 (float64) when every row
-needs the stable-sort fallback (sorted values, int64 order, gathered ids, masks, cumulative ranks);
-39 for an integer matrix, which is first converted to float64; 19 on random float32 distances,
-where most rows leave the candidate path (its compacted indices) for the binary search."""
+CUDA_MEMORY_BUDGET = 256 * 2**20
+"""The same on a CUDA device."""
 
-CANDIDATE_WORK_RATIO = 1.0
-"""A row takes the candidate path iff ``candidates * (P + 1) <= CANDIDATE_WORK_RATIO * G``, where
-``candidates`` counts its items no farther than its last positive and ``P`` is the block's widest
-positive count; other rows are placed whole by binary search. At 1.0 the candidate path's
-temporaries (each candidate compared with the ``P + 1`` sorted positives: 8 to 10 bytes per
-comparison) stay within those of placing the whole row, and its work within one pass over it. A
-good model has about a hundred candidates per row (Market-1501-like data: 120 on average, rows
-of 20+ positives a few thousand), a random one half the gallery, which on the candidate path would
-take ~340 bytes per entry. Ratios from 1 to 1000 time alike on the former."""
+BYTES_PER_ENTRY = 48
+"""Bound on temporary bytes per distance entry of a block. Measured peaks (VmHWM, one block of
+400 x 20,000): 12 to 14 when rows are counted (int64 bins, the histogram, the marked items); 36
+when every row is crowded and sorted (float32: sorted values, int64 order, gathered ids, masks,
+cumulative ranks); 48 for an integer matrix, converted to float64 first, whose ties crowd every
+row."""
+
+BINS_PER_ITEM = 0.5
+"""Histogram bins per gallery item in :func:`_block_ranks`, spread uniformly over the block's
+range of distances: the more bins, the fewer items share a positive's bin and need an exact
+comparison, the larger the histogram. 0.25 to 1 time alike on Market-1501-sized data."""
+
+CROWDED_SHARE = 0.125
+"""A row is ranked by a stable sort when the exact comparisons of the items sharing its
+positives' bins (each item once per positive in its bin) outnumber this share of its length (see
+:func:`_block_ranks`). ReID rows have a few items per positive there: a few dozen of 15,913."""
 
 
 class _RankInputs(NamedTuple):
@@ -96,8 +104,18 @@ class _SamePid(NamedTuple):
     """Each query's gallery items of its own identity, padded to a width S."""
 
     dist: torch.Tensor  # (B, S) their distances (arbitrary on padding)
+    index: torch.Tensor  # (B, S) their gallery indices, ascending (arbitrary on padding)
     positive: torch.Tensor  # (B, S) bool: same pid, other camera
     junk: torch.Tensor  # (B, S) bool: same pid, same camera
+
+
+class _Positives(NamedTuple):
+    """Each query's positives in ranked order, padded to a width P."""
+
+    dist: torch.Tensor  # (B, P) distances, +inf on padding
+    index: torch.Tensor  # (B, P) gallery indices, G on padding
+    same_before: torch.Tensor  # (B, P) int64 same-pid items (positives, junk) ranked before it
+    num_pos: torch.Tensor  # (B,) int64
 
 
 class _BlockRanks(NamedTuple):
@@ -192,17 +210,19 @@ def _validate(distmat, q_pids, g_pids, q_camids, g_camids):
 
 
 def _block_distances(distmat, start, stop):
-    """Rows ``start:stop`` as float32/float64, checked for NaN and inf."""
+    """Rows ``start:stop`` as float32/float64, checked for NaN and inf, with their smallest and
+    largest value (floats)."""
     dist = distmat[start:stop]
     if dist.dtype in (torch.float16, torch.bfloat16):
         dist = dist.float()
     elif not dist.is_floating_point():
         dist = dist.double()
     low, high = torch.aminmax(dist)  # NaN propagates
-    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+    low, high = float(low), float(high)
+    if not (np.isfinite(low) and np.isfinite(high)):
         row = int((~torch.isfinite(dist)).any(dim=1).nonzero()[0, 0]) + start
         raise ValueError(f"distmat contains NaN or inf (first in query row {row})")
-    return dist
+    return dist, low, high
 
 
 def _index_gallery(g_pids, g_camids):
@@ -232,63 +252,62 @@ def _same_pid_items(dist, q_pids, q_camids, gallery):
     same_cam = gallery.camids[index] == q_camids.unsqueeze(1)
     return _SamePid(
         dist=dist.gather(1, index),
+        index=index,
         positive=valid & ~same_cam,
         junk=valid & same_cam,
     )
 
 
-def _sorted_positive_distances(same):
-    """Sorted positive distances of each query, padded with +inf.
+def _positives_in_order(same, num_gallery):
+    """Each query's positives in ranked order (by distance, then gallery index), and how many of
+    its same-pid items (positives and junk) rank before each.
 
     Args:
-        same (_SamePid): the block's same-pid items.
+        same (_SamePid): the block's same-pid items (slots ascend in gallery index).
+        num_gallery (int): ``G``, the index given to padding.
 
     Returns:
-        tuple[Tensor, Tensor]: (B, P + 1) sorted distances whose last column (at least) is +inf,
-        with ``P = max(num_pos, 1)``, and num_pos (B,) int64.
+        _Positives: padded to ``P = max(num_pos, 1)`` columns.
     """
-    num_pos = same.positive.sum(dim=1)
+    num_rows = same.dist.shape[0]
+    device = same.dist.device
+    key = torch.where(same.positive | same.junk, same.dist, float("inf"))
+    # a stable sort of slots that ascend in gallery index orders by (distance, index)
+    order = torch.sort(key, dim=1, stable=True).indices
+    positive = same.positive.gather(1, order)
+    num_pos = positive.sum(dim=1)
     width = max(int(num_pos.max()), 1)
-    pos_dist = torch.where(same.positive, same.dist, float("inf"))
-    pos_dist = torch.sort(pos_dist, dim=1).values[:, :width]
-    return torch.nn.functional.pad(pos_dist, (0, 1), value=float("inf")), num_pos
+    rows, cols = positive.nonzero(as_tuple=True)  # row-major, ascending within a row
+    slots = torch.arange(rows.numel(), device=device) - (num_pos.cumsum(0) - num_pos)[rows]
+    source = order[rows, cols]
+    dist = torch.full((num_rows, width), float("inf"), dtype=same.dist.dtype, device=device)
+    dist[rows, slots] = same.dist[rows, source]
+    index = torch.full((num_rows, width), num_gallery, dtype=torch.int64, device=device)
+    index[rows, slots] = same.index[rows, source]
+    same_before = torch.zeros(num_rows, width, dtype=torch.int64, device=device)
+    same_before[rows, slots] = cols  # its place among the sorted same-pid items
+    return _Positives(dist=dist, index=index, same_before=same_before, num_pos=num_pos)
 
 
-def _ranks_by_placement(dist, same):
-    """Ranks of the positives by binary search, and which rows need the stable-sort fallback.
+def _before(dist, index, pos_dist, pos_index):
+    """Whether items ``(dist, index)`` rank before positives ``(pos_dist, pos_index)``: closer,
+    or as close with a smaller gallery index (a stable sort's order)."""
+    return (dist < pos_dist) | ((dist == pos_dist) & (index < pos_index))
 
-    ``place[b, j]`` is the number of positives strictly closer than item ``j``. Without ties a
-    negative with ``place = l`` lies between positives ``l - 1`` and ``l``, so positive ``k``
-    (0-based) has ``k`` positives and ``#{negatives with place <= k}`` negatives before it. A row
-    where some negative's distance equals a positive's is flagged: its ranks here are not exact.
 
-    Args:
-        dist (Tensor): (B, G) finite distances.
-        same (_SamePid): the block's same-pid items.
+def _bins(values, low, scale, num_bins):
+    """Histogram bins ``floor((values - low) * scale)`` clamped to ``[0, num_bins)``, int64.
 
-    Returns:
-        tuple[_BlockRanks, Tensor]: the ranks and a (B,) bool mask of the tied rows.
+    Every step rounds monotonically, so ``a < b`` implies ``bin(a) <= bin(b)``: an item in a
+    lower bin than a positive is closer than it, one in a higher bin farther. Each step is a
+    separate correctly rounded operation (no fused multiply-add), so equal values share a bin.
     """
-    pos_dist, num_pos = _sorted_positive_distances(same)
-    width = pos_dist.shape[1] - 1
-    same_valid = same.positive | same.junk
-    place = torch.searchsorted(pos_dist, dist)  # (B, G), at most width (last column is +inf)
-    place_same = torch.searchsorted(pos_dist, same.dist)  # (B, S)
-    # Counting a bool matrix through uint8 with an int32 accumulator is ~9x faster on the CPU than
-    # the default bool -> int64 reduction.
-    ties_all = (pos_dist.gather(1, place) == dist).view(torch.uint8).sum(dim=1, dtype=torch.int32)
-    ties_same = ((pos_dist.gather(1, place_same) == same.dist) & same_valid).sum(dim=1)
-    hist = torch.zeros(dist.shape[0], width + 1, dtype=torch.int64, device=dist.device)
-    ones = torch.ones(1, dtype=torch.int64, device=dist.device).expand_as(place)
-    hist.scatter_add_(1, place, ones)
-    hist.scatter_add_(1, place_same, -same_valid.long())
-    negatives_before = hist[:, :width].cumsum(dim=1)
-    slots = torch.arange(1, width + 1, device=dist.device)
-    return _BlockRanks(ranks=negatives_before + slots, num_pos=num_pos), ties_all != ties_same
+    return values.sub(low).mul_(scale).clamp_(0, num_bins - 1).long()  # truncation: floor
 
 
 def _ranks_by_sorting(dist, q_pids, q_camids, gallery, width):
-    """Ranks of the positives from a stable sort of each row (exact under ties).
+    """Ranks of the positives from a stable sort of each row (the rows :func:`_block_ranks`
+    finds crowded).
 
     Args:
         dist (Tensor): (B, G) finite distances.
@@ -297,7 +316,7 @@ def _ranks_by_sorting(dist, q_pids, q_camids, gallery, width):
         width (int): number of rank columns, at least the largest num_pos of these rows.
 
     Returns:
-        _BlockRanks
+        Tensor: (B, width) int64 ranks, 1-based, junk removed.
     """
     order = torch.sort(dist, dim=1, stable=True).indices
     same_pid = gallery.pids[order] == q_pids.unsqueeze(1)
@@ -309,71 +328,77 @@ def _ranks_by_sorting(dist, q_pids, q_camids, gallery, width):
     slots = torch.arange(rows.numel(), device=dist.device) - (num_pos.cumsum(0) - num_pos)[rows]
     ranks = torch.ones(dist.shape[0], width, dtype=torch.int64, device=dist.device)
     ranks[rows, slots] = kept_rank[rows, cols]
-    return _BlockRanks(ranks=ranks, num_pos=num_pos)
+    return ranks
 
 
-def _ranks_by_candidates(dist, q_pids, same, gallery):
-    """Ranks of the positives from the negatives no farther than each row's last positive.
+def _block_ranks(dist, low, high, q_pids, q_camids, gallery):
+    """Ranks of every positive of a block of queries, junk removed, in stable order.
 
-    Other negatives rank after every positive and do not matter. Each candidate negative is
-    compared with the row's sorted positives; its placement is counted as in
-    :func:`_ranks_by_placement`. Rows over the ``CANDIDATE_WORK_RATIO`` budget are left out.
+    A positive's rank is its place among the positives plus the negatives before it: all items
+    before it, minus the same-pid ones (a handful per query, sorted directly). Items in a lower
+    histogram bin than the positive are before it, items in a higher one after it (see
+    :func:`_bins`), so a per-row histogram of the block's bins and its running sum count all but
+    the items sharing the positive's bin, and those few are compared exactly. Rows where that
+    comparison would cost more than a pass over the row (distances crowded into a few bins: many
+    exact ties, or a range stretched by outliers) are ranked by a stable sort instead.
 
     Args:
         dist (Tensor): (B, G) finite distances.
-        q_pids (Tensor): (B,) int64.
-        same (_SamePid): the block's same-pid items.
-        gallery (_Gallery): gallery ids.
+        low, high (float): their smallest and largest value.
+        q_pids, q_camids (Tensor): (B,) int64.
+        gallery (_Gallery): the grouped gallery.
 
     Returns:
-        tuple[_BlockRanks, Tensor, Tensor]: the ranks (exact unless tied; ``1..P`` in left-out
-        rows), a (B,) bool mask of the tied rows, and a (B,) bool mask of the left-out rows.
+        _BlockRanks
     """
-    pos_dist, num_pos = _sorted_positive_distances(same)
-    width = pos_dist.shape[1] - 1
-    last = pos_dist.gather(1, (num_pos - 1).clamp(min=0).unsqueeze(1))
-    last = torch.where(num_pos.unsqueeze(1) > 0, last, float("-inf"))  # skipped rows: none
-    # At most 16 bytes per entry (all candidates), then cut to the rows within the budget. The
-    # counts come from the compacted rows: cheaper than reducing the (B, G) mask once more.
-    rows, cols = (dist <= last).nonzero(as_tuple=True)
-    count = torch.bincount(rows, minlength=dist.shape[0])
-    dense = count * (width + 1) > CANDIDATE_WORK_RATIO * dist.shape[1]
-    if bool(dense.any()):
-        keep = ~dense[rows]
-        rows, cols = rows[keep], cols[keep]
-    negative = gallery.pids[cols] != q_pids[rows]
-    rows, cols = rows[negative], cols[negative]
-    value = dist[rows, cols].unsqueeze(1)
-    row_pos = pos_dist[rows]  # (N, P + 1)
-    place = (row_pos < value).sum(dim=1)
-    tied = torch.zeros(dist.shape[0], dtype=torch.bool, device=dist.device)
-    tied[rows[(row_pos == value).any(dim=1)]] = True
-    hist = torch.bincount(rows * (width + 1) + place, minlength=dist.shape[0] * (width + 1))
-    negatives_before = hist.view(-1, width + 1)[:, :width].cumsum(dim=1)
-    slots = torch.arange(1, width + 1, device=dist.device)
-    return _BlockRanks(ranks=negatives_before + slots, num_pos=num_pos), tied, dense
+    num_rows, num_gallery = dist.shape
+    device = dist.device
+    pos = _positives_in_order(_same_pid_items(dist, q_pids, q_camids, gallery), num_gallery)
+    width = pos.dist.shape[1]
+    valid = torch.arange(width, device=device) < pos.num_pos.unsqueeze(1)
 
+    num_bins = max(1, round(BINS_PER_ITEM * num_gallery))
+    scale = num_bins / (high - low) if high > low else 0.0
+    if not 0 < scale < float("inf"):  # one value, or a range too wide or too narrow for floats
+        scale = 0.0  # one bin: every row is crowded
+    bins = _bins(dist, low, scale, num_bins)  # (B, G)
+    pos_bins = torch.where(valid, _bins(pos.dist.clamp(max=high), low, scale, num_bins), num_bins)
 
-def _block_ranks(dist, q_pids, q_camids, gallery):
-    """Ranks of every positive of a block of queries, junk removed, in stable order.
+    # items in lower bins than each positive, from a per-row histogram
+    hist = torch.zeros(num_rows, num_bins + 1, dtype=torch.int32, device=device)
+    hist.scatter_add_(1, bins, torch.ones(1, dtype=torch.int32, device=device).expand_as(bins))
+    in_bin = hist.gather(1, pos_bins)  # items in each positive's bin (none in padding's)
+    below = hist.cumsum(dim=1, dtype=torch.int32).sub_(hist).gather(1, pos_bins)
+    del hist
 
-    Rows with few candidates are ranked from those, the others by placing the whole row; rows
-    where a negative ties exactly with a positive are re-ranked by a stable sort.
-    """
-    same = _same_pid_items(dist, q_pids, q_camids, gallery)
-    block, tied, dense = _ranks_by_candidates(dist, q_pids, same, gallery)
-    if bool(dense.any()):
-        rows = dense.nonzero().squeeze(1)
-        dense_same = _SamePid(*(field[rows] for field in same))
-        placed, tied[rows] = _ranks_by_placement(dist[rows], dense_same)
-        block.ranks[rows, : placed.ranks.shape[1]] = placed.ranks
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        exact = _ranks_by_sorting(
-            dist[rows], q_pids[rows], q_camids[rows], gallery, block.ranks.shape[1]
-        )
-        block.ranks[rows] = exact.ranks
-    return block
+    # items sharing a positive's bin: each compared with that bin's positives, which are
+    # consecutive in ranked order (found by binary search on (row, bin) keys); a row with more
+    # such comparisons than CROWDED_SHARE of its length is left to the sort
+    crowded = in_bin.sum(dim=1) > CROWDED_SHARE * num_gallery
+    marked = torch.zeros(num_rows, num_bins + 1, dtype=torch.bool, device=device)
+    marked.scatter_(1, pos_bins, True)  # padding marks the extra bin, which holds no item
+    if bool(crowded.any()):
+        marked &= ~crowded.unsqueeze(1)
+    rows, cols = marked.gather(1, bins).nonzero(as_tuple=True)
+    keys = pos_bins + (num_bins + 1) * torch.arange(num_rows, device=device).unsqueeze(1)
+    keys = keys.view(-1)  # ascending: positives' bins ascend along a row, padding last
+    item_keys = bins[rows, cols] + (num_bins + 1) * rows
+    del bins
+    first = torch.searchsorted(keys, item_keys)
+    count = torch.searchsorted(keys, item_keys, right=True) - first
+    owner = torch.repeat_interleave(count)  # one entry per (item, positive in its bin)
+    slot = (
+        first[owner] + torch.arange(owner.numel(), device=device) - (count.cumsum(0) - count)[owner]
+    )
+    item = rows[owner], cols[owner]
+    ahead = _before(dist[item], item[1], pos.dist.view(-1)[slot], pos.index.view(-1)[slot])
+    within = torch.bincount(slot[ahead], minlength=num_rows * width).view(num_rows, width)
+
+    ranks = below + within - pos.same_before + torch.arange(1, width + 1, device=device)
+    if bool(crowded.any()):
+        rows = crowded.nonzero().squeeze(1)
+        ranks[rows] = _ranks_by_sorting(dist[rows], q_pids[rows], q_camids[rows], gallery, width)
+    return _BlockRanks(ranks=ranks, num_pos=pos.num_pos)
 
 
 def _query_metrics(block, ap="standard"):
@@ -462,7 +487,8 @@ def evaluate_rank(
             result), 10 repeats averaged into the CMC; returns ``(cmc, mAP)`` like FastReID. On
             the CPU, in numpy.
         use_cython (bool): accepted for FastReID's signature; there is one implementation.
-        chunk_size (int | None): query rows per block; default :func:`default_chunk_size`.
+        chunk_size (int | None): query rows per block; default :func:`default_chunk_size` of
+            ``DEFAULT_MEMORY_BUDGET`` (CPU) or ``CUDA_MEMORY_BUDGET`` (CUDA).
         ap (str): ``"standard"`` (FastReID's, the default) or ``"trapezoid"`` (Market's MATLAB).
 
     Returns:
@@ -490,7 +516,10 @@ def evaluate_rank(
             _block_distances(inputs.distmat, 0, num_q)
         return _evaluate_cuhk03(inputs, min(int(max_rank), num_g))
     if chunk_size is None:
-        chunk_size = default_chunk_size(num_g)
+        cuda = inputs.distmat.device.type == "cuda"
+        chunk_size = default_chunk_size(
+            num_g, CUDA_MEMORY_BUDGET if cuda else DEFAULT_MEMORY_BUDGET
+        )
     _check_positive_int("chunk_size", chunk_size)
     if num_g < max_rank:
         logger.info("Gallery has only %d items; CMC is computed up to rank %d", num_g, num_g)
@@ -500,8 +529,9 @@ def evaluate_rank(
     all_ap, all_inp, first_hits = [], [], []
     for start in range(0, num_q, chunk_size):
         stop = min(start + chunk_size, num_q)
-        dist = _block_distances(inputs.distmat, start, stop)
-        block = _block_ranks(dist, inputs.q_pids[start:stop], inputs.q_camids[start:stop], gallery)
+        dist, low, high = _block_distances(inputs.distmat, start, stop)
+        q_pids, q_camids = inputs.q_pids[start:stop], inputs.q_camids[start:stop]
+        block = _block_ranks(dist, low, high, q_pids, q_camids, gallery)
         ap_block, inp, first = _query_metrics(block, ap)
         all_ap.append(ap_block)
         all_inp.append(inp)

@@ -212,46 +212,72 @@ PATH_CASES = {
 
 
 @pytest.fixture
-def placed_rows(monkeypatch):
-    """The row counts of every block sent to whole-row placement (``_ranks_by_placement``)."""
+def sorted_rows(monkeypatch):
+    """The row counts of every block ranked by a stable sort (``_ranks_by_sorting``)."""
     rows = []
-    place = rank._ranks_by_placement
+    sort = rank._ranks_by_sorting
 
-    def counting_placement(dist, same):
+    def counting_sort(dist, *args):
         rows.append(dist.shape[0])
-        return place(dist, same)
+        return sort(dist, *args)
 
-    monkeypatch.setattr(rank, "_ranks_by_placement", counting_placement)
+    monkeypatch.setattr(rank, "_ranks_by_sorting", counting_sort)
     return rows
 
 
 @pytest.mark.parametrize("chunk_size", [7, None])
 @pytest.mark.parametrize("name", sorted(PATH_CASES))
-def test_candidate_path_matches_whole_row_placement(monkeypatch, placed_rows, name, chunk_size):
-    """Every row forced onto the candidate path, onto whole-row placement, or split by budget."""
+def test_histogram_counts_match_sorting(monkeypatch, sorted_rows, name, chunk_size):
+    """One bin (every row with two positives crowded: sorted), the default and 64 bins per item
+    give the same numbers, FastReID's on stable-sort positions."""
     case = PATH_CASES[name]()
     results = {}
-    for ratio in (float("inf"), 0.0, 0.5, rank.CANDIDATE_WORK_RATIO):
-        placed_rows.clear()
-        monkeypatch.setattr(rank, "CANDIDATE_WORK_RATIO", ratio)
-        results[ratio] = evaluate_rank(*case, chunk_size=chunk_size)
-        if ratio == float("inf"):
-            assert not placed_rows
-        if ratio == 0.0:  # every row with a positive is placed whole
-            assert sum(placed_rows) >= len(results[ratio][1])
-    fast = results[float("inf")]
+    for bins in (1e-9, rank.BINS_PER_ITEM, 64.0):
+        sorted_rows.clear()
+        monkeypatch.setattr(rank, "BINS_PER_ITEM", bins)
+        results[bins] = evaluate_rank(*case, chunk_size=chunk_size)
+        if bins == 1e-9:
+            assert sum(sorted_rows) >= len(results[bins][1]) // 2
+        elif bins == 64.0 and name == "clustered":  # few items share a bin: none sorted
+            assert not sorted_rows
+    default = results[rank.BINS_PER_ITEM]
     for other in results.values():
-        for ours, theirs in zip(other, fast):
+        for ours, theirs in zip(other, default):
             np.testing.assert_array_equal(ours, theirs)
     distmat = stable_positions(case[0]) if name == "tied" else case[0]
-    assert_same_metrics(fast, reference(distmat, *case[1:]))
+    assert_same_metrics(default, reference(distmat, *case[1:]))
 
 
-def test_weak_model_rows_fall_back_to_placement(placed_rows):
-    """Under the default budget, random distances send rows to whole-row placement."""
-    case = PATH_CASES["weak"]()
+@pytest.mark.parametrize(
+    "outliers",
+    [
+        (1e30,),  # every other distance in the first bin: crowded rows, sorted
+        (-3e38, 3e38),  # a spread that overflows float32 and float64 arithmetic on it
+        (0.5 + 1e-7,),  # a narrow range: still exact
+    ],
+)
+def test_distances_crowded_by_outliers_stay_exact(outliers):
+    distmat, q_pids, g_pids, q_camids, g_camids = uniform_case(13, 25, 90, num_ids=4)
+    distmat = distmat.astype(np.float32)
+    if len(outliers) == 1 and outliers[0] < 1:
+        distmat = np.where(distmat < 0.5, 0.5, outliers[0]).astype(np.float32)
+    else:
+        distmat[:, : len(outliers)] = outliers
+    theirs = reference(stable_positions(distmat), q_pids, g_pids, q_camids, g_camids)
+    assert_same_metrics(evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids), theirs)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda: clustered_case(15, 40, 6000, num_ids=150),  # ReID-like: ~30 positives per query
+        lambda: uniform_case(14, 12, 20000, num_ids=20),  # hundreds of positives per query
+    ],
+)
+def test_rows_of_a_large_gallery_are_counted_not_sorted(sorted_rows, case):
+    case = case()
     assert_same_metrics(evaluate_rank(*case), reference(*case))
-    assert sum(placed_rows) > 0
+    assert not sorted_rows
 
 
 def valid_case():
