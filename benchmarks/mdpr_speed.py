@@ -33,6 +33,11 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+
+import kdreid  # noqa: F401  (repairs fastreid before it is imported)
+
+# isort: split
+from fastreid.engine import DefaultTrainer
 from fastreid.layers import any_softmax
 from fastreid.modeling import build_model
 from fastreid.modeling.losses import cross_entropy_loss as fastreid_cross_entropy
@@ -44,7 +49,15 @@ import mdpr.modeling
 from kdreid.benchmark import device_name, profile_model, time_calls
 from kdreid.checkpoint import write_json, write_text
 from kdreid.cli import at_least, check_output_dir, report_user_errors
-from kdreid.config import get_cfg, merge_from_file, merge_from_list
+from kdreid.config import (
+    autocast_dtype,
+    get_cfg,
+    merge_from_file,
+    merge_from_list,
+    mixed_precision_runs,
+)
+from kdreid.engine import Trainer
+from kdreid.engine.trainer import autocast
 from kdreid.engine.validation import check_config, check_opts
 from kdreid.errors import UserInputError
 from mdpr.layers import SyncFreeCircleSoftmax
@@ -144,7 +157,7 @@ def _batch(cfg, batch, device, seed=0):
 
 def train_step(model, optimizer, scaler, batch, amp):
     """One step: forward, losses, backward, Adam; returns the loss dict (not synchronised)."""
-    with torch.autocast(batch["images"].device.type, enabled=amp):
+    with autocast(batch["images"].device, enabled=amp):
         losses = model(batch)
     total = sum(losses.values())
     optimizer.zero_grad(set_to_none=True)
@@ -158,16 +171,24 @@ def train_step(model, optimizer, scaler, batch, amp):
     return losses
 
 
-def time_training(model, batch, steps, amp, device):
-    """Images/s over ``steps`` timed steps after one warm-up step; also the loss values of the
-    first step (for the equality check) and the device waits of one step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-9)
-    scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
+def first_losses(model, batch):
+    """The loss values of ``batch`` in float32 (no gradient): the two loss paths must agree."""
+    with EventStorage(0), torch.no_grad():
+        return {k: float(v) for k, v in model(batch).items()}
+
+
+def time_training(model, cfg, batch, steps, amp, device, engine):
+    """Images/s over ``steps`` timed steps after one warm-up step, and the device waits of one
+    step. ``engine``: the step as kdreid's engine runs it (channels-last weights, torch's
+    multi-tensor Adam, :func:`Trainer.build_optimizer`); else as FastReID runs it (NCHW weights,
+    Adam over FastReID's flat ``ContiguousParams`` buffers). The weights are restored after."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    layout = torch.channels_last if engine else torch.contiguous_format
+    model.to(memory_format=layout)
+    optimizer, _ = (Trainer if engine else DefaultTrainer).build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
     with EventStorage(0):
-        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
-            first = {k: float(v) for k, v in model(batch).items()}
-        with torch.autocast(device.type, enabled=amp):
+        with autocast(device, enabled=amp):
             waits = count_device_waits(model, batch, device)
         times, _ = time_calls(
             lambda: train_step(model, optimizer, scaler, batch, amp),
@@ -175,6 +196,7 @@ def time_training(model, batch, steps, amp, device):
             iters=steps,
             device=device,
         )
+    model.to(memory_format=torch.contiguous_format)  # parameters of their own again
     model.load_state_dict(state)
     n = batch["images"].shape[0]
     if device.type == "cuda":
@@ -187,7 +209,8 @@ def time_training(model, batch, steps, amp, device):
         "steps": len(times),
         "device_waits_per_step": waits,
         "peak_memory_gb": peak_gb,
-        "losses": first,
+        "mixed_precision": amp,
+        "channels_last": engine,
     }
 
 
@@ -224,24 +247,29 @@ def markdown(result):
     lines = [
         f"{result['config']} on {result['device_name']} ({result['device']}), "
         f"input {result['input_size'][0]}×{result['input_size'][1]}, "
-        f"{'AMP' if result['amp'] else 'float32'}, torch {result['torch']}.",
+        f"torch {result['torch']}.",
         "",
         f"Training step (forward, {len(ours['losses'])} loss terms, backward, Adam), "
         f"batch {result['batch']}, median of {ours['steps']} steps:",
         "",
-        "| loss path | images/s | s per step | device waits (forward + losses + backward) "
-        "| peak memory |",
-        "|---|---:|---:|---:|---:|",
+        "| step | precision | weights | images/s | s per step | device waits (forward + losses "
+        "+ backward) | peak memory |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
-    for name, r in (("ours (sync-free)", ours), ("official-style", official)):
+    for name, r in (
+        ("ours: sync-free losses, engine's loop (foreach Adam)", ours),
+        ("official-style: official losses, FastReID's loop (flat-buffer Adam)", official),
+    ):
+        precision = result["mixed_dtype"] + " autocast" if r["mixed_precision"] else "float32"
         lines.append(
-            f"| {name} | {r['images_per_s']:.2f} | {r['step_s']:.3f} "
+            f"| {name} | {precision} | {'channels-last' if r['channels_last'] else 'NCHW'} "
+            f"| {r['images_per_s']:.2f} | {r['step_s']:.3f} "
             f"| {r['device_waits_per_step']} | {r['peak_memory_gb']:.1f} GB |"
         )
     lines += [
         "",
-        f"Same loss values on the first batch: largest difference "
-        f"{result['max_loss_difference']:.2e}.",
+        f"Ours: {t['speedup']:.2f}x the official-style step's images/s. Same loss values on the "
+        f"first batch in float32: largest difference {result['max_loss_difference']:.2e}.",
         "",
         f"Evaluation (descriptor {e['skipped']['feature_dim']}-d):",
         "",
@@ -311,7 +339,10 @@ def run(args):
     cfg.MODEL.DEVICE = device.type
     cfg.MODEL.BACKBONE.PRETRAIN = False  # random weights time the same
     cfg.MODEL.HEADS.NUM_CLASSES = args.num_classes
-    amp = bool(cfg.SOLVER.AMP.ENABLED) and device.type == "cuda"
+    # the official code trains with FastReID's AMPTrainer: mixed precision on CUDA only; the
+    # engine's loop also on a CPU that computes bfloat16 natively (KDREID.CPU_AMP)
+    official_amp = bool(cfg.SOLVER.AMP.ENABLED) and device.type == "cuda"
+    amp = bool(cfg.SOLVER.AMP.ENABLED) and mixed_precision_runs(cfg, device)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     if not isinstance(model, mdpr.MDPR):
@@ -320,19 +351,27 @@ def run(args):
     batch = _batch(cfg, args.batch, device)
     os.makedirs(args.output_dir, exist_ok=True)
     print(f"MDPR speed on {device_name(device)}: training batch {args.batch}", flush=True)
-    training = {"ours": time_training(model, batch, args.steps, amp, device)}
+    losses = {"ours": first_losses(model, batch)}
+    with official_style_losses(model):
+        losses["official-style"] = first_losses(model, batch)
+    diff = max(abs(losses["ours"][k] - losses["official-style"][k]) for k in losses["ours"])
+    training = {"ours": time_training(model, cfg, batch, args.steps, amp, device, engine=True)}
     print(f"  ours: {training['ours']['images_per_s']:.2f} images/s", flush=True)
     with official_style_losses(model):
-        training["official-style"] = time_training(model, batch, args.steps, amp, device)
+        training["official-style"] = time_training(
+            model, cfg, batch, args.steps, official_amp, device, engine=False
+        )
     print(f"  official-style: {training['official-style']['images_per_s']:.2f} images/s")
-    diff = max(
-        abs(training["ours"]["losses"][k] - training["official-style"]["losses"][k])
-        for k in training["ours"]["losses"]
+    training["ours"]["losses"] = losses["ours"]
+    training["speedup"] = (
+        training["ours"]["images_per_s"] / training["official-style"]["images_per_s"]
     )
     profile = None
     if not args.no_profile:
         path = os.path.join(args.output_dir, "profile.txt")
+        model.to(memory_format=torch.channels_last)
         profile = profile_step(model, batch, amp, device, path)
+        model.to(memory_format=torch.contiguous_format)
         print(f"  profile: {path}", flush=True)
     eval_batch = args.eval_batch or cfg.TEST.IMS_PER_BATCH
     model.eval()
@@ -343,6 +382,8 @@ def run(args):
         "torch": torch.__version__,
         "input_size": list(cfg.INPUT.SIZE_TRAIN),
         "amp": amp,
+        "official_amp": official_amp,
+        "mixed_dtype": str(autocast_dtype(device.type)).removeprefix("torch."),
         "batch": args.batch,
         "training": training,
         "max_loss_difference": diff,

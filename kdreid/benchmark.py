@@ -261,21 +261,29 @@ def _system_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _own_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended and been waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 class OtherCpuLoad:
     """How many CPUs other processes kept busy while the ``with`` block ran: the machine's busy
     time (Linux ``/proc/stat``, hypervisor steal included) minus this process's own, over the
-    wall time. ``cpus`` is None where ``/proc/stat`` is not available.
+    wall time. This process's own time includes that of its children once they have ended
+    (data loader workers, subprocesses run and waited for). ``cpus`` is None where
+    ``/proc/stat`` is not available.
 
     A timing taken while ``cpus`` is well above 0 shared the CPU and is unreliable.
     """
 
     def __enter__(self):
         self.cpus = None
-        self._start = (_system_busy_seconds(), time.process_time(), time.perf_counter())
+        self._start = (_system_busy_seconds(), _own_seconds(), time.perf_counter())
         return self
 
     def __exit__(self, *exc):
-        busy, own, wall = _system_busy_seconds(), time.process_time(), time.perf_counter()
+        busy, own, wall = _system_busy_seconds(), _own_seconds(), time.perf_counter()
         if busy is not None and self._start[0] is not None and wall > self._start[2]:
             others = (busy - self._start[0]) - (own - self._start[1])
             self.cpus = max(0.0, others / (wall - self._start[2]))

@@ -55,10 +55,9 @@ def add_kdreid_config(cfg: CfgNode) -> None:
     cfg.KDREID.PROGRESS = True
     # Queries ranked at once by the evaluator; 0 picks the largest chunk within a memory budget.
     cfg.KDREID.RANK_CHUNK = 0
-    # Inference (--eval-only, frozen teachers) with the model's 4-d weights channels-last:
-    # convolutions run in oneDNN's (CPU) and cuDNN's (GPU) native layout; on a 2-core CPU a
-    # ResNet-18 forward is 2x faster. Results are the same up to float rounding. (Training keeps
-    # FastReID's layout: its optimizer packs the parameters into flat contiguous buffers.)
+    # Training, inference (--eval-only) and frozen teachers with the model's 4-d weights
+    # channels-last: convolutions run in oneDNN's (CPU) and cuDNN's (GPU) native layout; on a
+    # 2-core CPU a ResNet-18 forward is 2x faster. Results are the same up to float rounding.
     cfg.KDREID.CHANNELS_LAST = True
     # With --eval-only: also measure the model's speed (params, multiply-adds, latency at batch 1,
     # throughput at TEST.IMS_PER_BATCH) and write it with the accuracy to

@@ -298,3 +298,16 @@ def test_other_cpu_load_counts_other_processes_not_this_one():
         busy.wait()
     assert others.cpus > 0.7
     assert own.cpus < others.cpus - 0.5
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_other_cpu_load_counts_waited_children_as_this_process():
+    """A subprocess this process runs and waits for inside the block (a timed variant, a data
+    loader's workers) is its own work, not another process's."""
+    import subprocess
+    import sys
+
+    spin = "import time\nend = time.perf_counter() + 1.0\nwhile time.perf_counter() < end: pass"
+    with benchmark.OtherCpuLoad() as own:
+        subprocess.run([sys.executable, "-c", spin], check=True)
+    assert own.cpus < 0.5

@@ -27,6 +27,7 @@ from fastreid.data.transforms import build_transforms as fastreid_transforms
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import SimpleTrainer, TrainerBase
 from fastreid.evaluation import inference_on_dataset, print_csv_format
+from fastreid.solver import build_optimizer
 from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
 from fastreid.utils.params import ContiguousParams
@@ -327,7 +328,7 @@ class Trainer(DefaultTrainer):
         shapes is named."""
         cfg = validation.check_pretrained(cfg)
         try:
-            return super().build_model(cfg)
+            model = super().build_model(cfg)
         except CheckpointLoadError as exc:  # a builder's own (weights-only) read of the file
             raise WeightsError(
                 f"Cannot load checkpoint '{exc.path}' (MODEL.BACKBONE.PRETRAIN_PATH): it "
@@ -338,6 +339,26 @@ class Trainer(DefaultTrainer):
             if error is None:
                 raise
             raise error from exc
+        if cfg.KDREID.CHANNELS_LAST:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """FastReID's optimizer (``SOLVER.OPT`` over FastReID's parameter groups: learning rates,
+        weight decay, frozen layers, gradient clipping), stepping with torch's multi-tensor
+        (``foreach``) implementation instead of over FastReID's flat ``ContiguousParams``
+        buffers. The update rule is the same; the parameters keep their own storage, so that
+        channels-last weights stay channels-last (a view of a flat buffer is contiguous).
+
+        Returns:
+            tuple[torch.optim.Optimizer, None]: the optimizer, and no parameter wrapper.
+        """
+        optimizer, _ = build_optimizer(cfg, model, contiguous=False)
+        optimizer.defaults["foreach"] = True
+        for group in optimizer.param_groups:
+            group["foreach"] = True
+        return optimizer, None
 
     def build_writers(self):
         """FastReID's writers; the console line of a model with many loss terms sums them by

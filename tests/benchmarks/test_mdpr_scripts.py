@@ -51,3 +51,22 @@ def test_speed_output_dir_is_checked_before_timing(speed, tmp_path, monkeypatch)
     monkeypatch.setattr(speed, "time_training", lambda *a: pytest.fail("timed"))
     with pytest.raises(speed.UserInputError, match="--output-dir: .*a_file/sub"):
         speed.run(args)
+
+
+@pytest.mark.slow
+def test_speed_times_both_steps_with_the_same_losses(speed, tmp_path):
+    """The engine's step (channels-last, foreach Adam) and the official-style one (NCHW, FastReID's
+    flat-buffer Adam) on the tiny config: the same float32 losses, weights restored after each."""
+    config = os.path.join(REPO, "configs", "MDPR", "Synthetic", "tiny.yml")
+    args = speed.parse_args(["--config-file", config, "--device", "cpu", "--batch", "4",
+                             "--steps", "1", "--eval-batch", "2", "--num-classes", "4",
+                             "--no-profile", "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    result = speed.run(args)
+    ours, official = result["training"]["ours"], result["training"]["official-style"]
+    assert ours["channels_last"] and not official["channels_last"]
+    assert not official["mixed_precision"]  # FastReID's AMP is CUDA-only
+    assert result["max_loss_difference"] < 1e-5
+    assert result["training"]["speedup"] == pytest.approx(
+        ours["images_per_s"] / official["images_per_s"]
+    )
+    assert (tmp_path / "out" / "mdpr_speed.md").read_text().count("| ours: ") == 1
