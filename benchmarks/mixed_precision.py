@@ -12,8 +12,8 @@ in: float16 with gradient scaling on CUDA, bfloat16 autocast on the CPU
 1. **Training images/s** of each model of ``--models`` (``R18``: FastReID's bag-of-tricks
    Baseline of ``configs/Synthetic/bagtricks_R18.yml``; ``R50``: the ResNet-50 one of
    ``configs/Market1501/bagtricks_R50.yml``), random weights (no ImageNet start), at ``--size``,
-   ``--num-classes`` identities: the engine's own step, FastReID's ``SimpleTrainer.run_step``
-   in float32 and kdreid's ``MixedPrecisionLoop.run_step`` mixed (forward and losses under
+   ``--num-classes`` identities: the engine's own step, kdreid's ``TrainLoop.run_step``
+   in float32 and ``MixedPrecisionLoop.run_step`` mixed (forward and losses under
    autocast, backward, the config's optimizer as ``Trainer.build_optimizer`` builds it), on one
    synthetic in-memory batch of ``--batch`` images (``DATALOADER.NUM_INSTANCE`` per identity),
    refreshed before every step, untimed (FastReID normalises its input in place). Median of
@@ -68,7 +68,6 @@ os.environ.setdefault("FASTREID_DATASETS", os.path.join(REPO, "datasets"))  # re
 import kdreid  # noqa: E402, F401  (repairs fastreid before it is imported)
 
 # isort: split
-from fastreid.engine.train_loop import SimpleTrainer  # noqa: E402
 from fastreid.utils.events import EventStorage  # noqa: E402
 
 from harness.runs import check_reuse, main_of_runs  # noqa: E402
@@ -89,7 +88,7 @@ from kdreid.checkpoint import atomic_write  # noqa: E402
 from kdreid.cli import at_least, build_inference_model, check_output_dir, finite_above  # noqa: E402
 from kdreid.config import autocast_dtype, get_cfg, merge_from_file, native_bfloat16  # noqa: E402
 from kdreid.engine import Trainer  # noqa: E402
-from kdreid.engine.trainer import AutocastForward, MixedPrecisionLoop  # noqa: E402
+from kdreid.engine.trainer import AutocastForward, MixedPrecisionLoop, TrainLoop  # noqa: E402
 from kdreid.engine.validation import check_config  # noqa: E402
 from kdreid.errors import UserInputError  # noqa: E402
 
@@ -284,7 +283,7 @@ def training_flops(cfg, device):
 
 
 def training_speed(cfg, device, batch_size, steps, mixed):
-    """Images/s of the engine's training step on a fresh model: ``SimpleTrainer`` in float32,
+    """Images/s of the engine's training step on a fresh model: ``TrainLoop`` in float32,
     ``MixedPrecisionLoop`` mixed, on one in-memory batch refreshed (untimed) before each step."""
     torch.manual_seed(0)
     model = Trainer.build_model(cfg)
@@ -295,7 +294,7 @@ def training_speed(cfg, device, batch_size, steps, mixed):
     if mixed:
         loop = MixedPrecisionLoop(model, data, optimizer, param_wrapper, device.type)
     else:
-        loop = SimpleTrainer(model, data, optimizer, param_wrapper)
+        loop = TrainLoop(model, data, optimizer, param_wrapper)
 
     def refresh():
         batch["images"].copy_(source)

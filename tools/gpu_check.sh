@@ -17,6 +17,10 @@
 #   train-speed benchmarks/training_speed.py --device cuda: the bag-of-tricks ResNet-50's
 #               training step (FastReID's, foreach, channels-last, float16 AMP) at 256x128,
 #               batch 64, on SynthReID-tiny's JPEG files (generated under $FASTREID_DATASETS)
+#   inference   benchmarks/inference_speed.py --device cuda: --eval-only extraction of the
+#               bag-of-tricks ResNet-50 and the official MDPR configuration, FastReID's path
+#               against channels-last, BatchNorm folded and float16 autocast, batch 64, with the
+#               SynthReID accuracy of a ResNet-18 it trains (6 epochs) folded and under autocast
 #   amp-train   each project's tiny SynthReID-tiny config (those tests/projects/* train), one
 #               epoch through its train_net.py on CUDA with mixed precision (MODEL.DEVICE cuda
 #               SOLVER.AMP.ENABLED True: float16 autocast with gradient scaling): MDPR's tiny.yml;
@@ -45,14 +49,14 @@ PYTHON=${PYTHON:-python3}
 RUNS=${RUNS:-${TMPDIR:-/tmp}/gpu_check_runs}
 DATASETS=${FASTREID_DATASETS:-$RUNS/datasets}
 STEPS=("$@")
-STEPS_KNOWN="install cuda-tests rerank-gpu mdpr train-speed amp-train nccl eval rerank all-tests"
+STEPS_KNOWN="install cuda-tests rerank-gpu mdpr train-speed inference amp-train nccl eval rerank all-tests"
 # shellcheck disable=SC2206  # one step per word
 [ ${#STEPS[@]} -eq 0 ] && STEPS=($STEPS_KNOWN)
 failed=0
 for s in "${STEPS[@]}"; do
     case $s in
-    install | cuda-tests | rerank-gpu | mdpr | train-speed | amp-train | nccl | eval | rerank \
-        | all-tests) ;;
+    install | cuda-tests | rerank-gpu | mdpr | train-speed | inference | amp-train | nccl | eval \
+        | rerank | all-tests) ;;
     *)
         echo "unknown step '$s' (steps: ${STEPS_KNOWN})" >&2
         exit 2 ;;
@@ -209,6 +213,10 @@ for s in "${STEPS[@]}"; do
         step train-speed 420 env FASTREID_DATASETS="$DATASETS" "$PYTHON" \
             benchmarks/training_speed.py --device cuda --dataset SynthReIDTiny --batch 64 \
             --iters 10 --output-dir "${TMPDIR:-/tmp}/training_speed" ;;
+    inference)
+        step inference 600 env FASTREID_DATASETS="$DATASETS" "$PYTHON" \
+            benchmarks/inference_speed.py --device cuda \
+            --output-dir "${TMPDIR:-/tmp}/inference_speed" ;;
     amp-train) step amp-train 1500 amp_train ;;
     nccl) step nccl 300 nccl_one_gpu ;;
     rerank) step rerank 420 "$PYTHON" benchmarks/retrieval.py --sections rerank ;;

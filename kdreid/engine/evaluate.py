@@ -12,14 +12,24 @@ import torch
 from fastreid.modeling import build_model
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
+from torch import nn
 
 from kdreid.benchmark import OTHER_LOAD_WARNING, format_record, profile_model, write_record
 from kdreid.checkpoint import file_sha256, load_weights_strict, read_provenance
+from kdreid.config import autocast_dtype
+from kdreid.deploy import fold_batchnorm
 from kdreid.engine.setup import write_config
+from kdreid.engine.trainer import AutocastForward
 from kdreid.errors import ConfigError
 from kdreid.meta_arch import contract, deployed_model, record_extras
 
-__all__ = ["evaluate_only", "inference_config", "inference_model", "speed_accuracy_record"]
+__all__ = [
+    "deploy_model",
+    "evaluate_only",
+    "inference_config",
+    "inference_model",
+    "speed_accuracy_record",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +91,7 @@ def evaluate_only(cfg, trainer_cls, config_file=""):
     cfg.freeze()
     model = inference_model(cfg, trainer_cls.build_model)
     write_config(cfg, eval_only=True)
-    if cfg.KDREID.CHANNELS_LAST:
-        model.to(memory_format=torch.channels_last)
+    folded = deploy_model(cfg, model)
     results = trainer_cls.test(cfg, model)
     if cfg.KDREID.SPEED and comm.get_world_size() > 1:
         comm.synchronize()  # the other processes are done: rank 0 measures alone
@@ -90,7 +99,13 @@ def evaluate_only(cfg, trainer_cls, config_file=""):
         if comm.is_main_process() and cpu and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores the launcher shared
     if cfg.KDREID.SPEED and comm.is_main_process():
-        record = speed_accuracy_record(cfg, deployed_model(model), results, config_file)
+        deployed = deployed_model(model)
+        if cfg.KDREID.EVAL_AUTOCAST:
+            deployed = AutocastForward(deployed, cfg.MODEL.DEVICE)  # timed as it extracts
+        record = speed_accuracy_record(cfg, deployed, results, config_file)
+        dtype = autocast_dtype(cfg.MODEL.DEVICE) if cfg.KDREID.EVAL_AUTOCAST else torch.float32
+        record["precision"] = str(dtype).removeprefix("torch.")
+        record["batchnorm_folded"] = folded
         record.update(record_extras(model))
         logger.info("Speed and accuracy:\n%s", format_record(record))
         path = os.path.join(cfg.OUTPUT_DIR, "speed_accuracy.json")
@@ -104,6 +119,33 @@ def evaluate_only(cfg, trainer_cls, config_file=""):
         write_record(path, record)
         logger.info("Wrote %s", path)
     return results
+
+
+def deploy_model(cfg, model):
+    """``model`` (weights loaded) made the model ``--eval-only`` extracts with, in place: in eval
+    mode, its BatchNorm layers folded into the convolutions before them (``KDREID.FOLD_BN``,
+    :func:`kdreid.deploy.fold_batchnorm`), its weights channels-last (``KDREID.CHANNELS_LAST``).
+
+    Returns:
+        int: the number of BatchNorm layers folded.
+    """
+    model.eval()
+    folded = 0
+    if cfg.KDREID.FOLD_BN:
+        height, width = cfg.INPUT.SIZE_TEST
+        device = next(model.parameters()).device
+        example = 255 * torch.rand(1, 3, height, width, device=device)
+        folded = len(fold_batchnorm(model, example))
+        left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        logger.info(
+            "Folded %d BatchNorm layers into the convolutions before them (KDREID.FOLD_BN); %d "
+            "read something else and stay.",
+            folded,
+            left,
+        )
+    if cfg.KDREID.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
+    return folded
 
 
 def speed_accuracy_record(cfg, model, results, config_file=""):

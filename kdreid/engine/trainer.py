@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import torch
 from fastreid.data.build import (
     _test_loader_from_config,
@@ -29,6 +30,7 @@ from fastreid.engine.train_loop import SimpleTrainer, TrainerBase
 from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
+from fastreid.utils.events import get_event_storage
 from fastreid.utils.logger import setup_logger
 from fastreid.utils.params import ContiguousParams
 
@@ -45,6 +47,7 @@ from kdreid.progress import progress
 __all__ = [
     "AutocastForward",
     "MixedPrecisionLoop",
+    "TrainLoop",
     "Trainer",
     "ProgressLoader",
     "autocast",
@@ -143,7 +146,64 @@ class AutocastForward(torch.nn.Module):
         return outputs.float() if torch.is_tensor(outputs) else outputs
 
 
-class MixedPrecisionLoop(SimpleTrainer):
+class TrainLoop(SimpleTrainer):
+    """FastReID's training step whose metrics reach the event storage in batches.
+
+    FastReID's ``SimpleTrainer._write_metrics`` copies every loss to the host (``.item()``) and
+    gathers them over the processes at every iteration: on CUDA each copy waits for the GPU to
+    finish the step, and MDPR has 21 loss terms. Here each iteration's losses stay on the device
+    (detached) until :meth:`flush_metrics`, which the :class:`Trainer` calls every
+    ``KDREID.LOG_PERIOD`` iterations and at the end of every epoch, before anything writes or
+    reads them: one copy and one gather per flush, and the storage then holds every iteration's
+    values, each under its own iteration, as FastReID's would. A non-finite loss stops training
+    at the flush, naming the iteration where it first appeared.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending = []
+
+    def _write_metrics(self, loss_dict, data_time):
+        values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
+        self._pending.append((self.iter, tuple(loss_dict), values, data_time))
+
+    def flush_metrics(self):
+        """Put the losses of the iterations since the last flush into the event storage (on the
+        main process, averaged over the processes as FastReID's ``_write_metrics`` does)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        values = torch.cat([p[2] for p in pending]).cpu().tolist()  # one device-to-host copy
+        records, start = [], 0
+        for iteration, names, _, data_time in pending:
+            losses = dict(zip(names, values[start : start + len(names)], strict=True))
+            records.append((iteration, losses, data_time))
+            start += len(names)
+        by_rank = comm.gather(records)
+        if not comm.is_main_process():
+            return
+        storage = get_event_storage()
+        current = storage.iter
+        try:
+            for step in zip(*by_rank, strict=True):
+                iteration = step[0][0]
+                storage.iter = iteration
+                storage.put_scalar("data_time", max(s[2] for s in step))
+                losses = {k: float(np.mean([s[1][k] for s in step])) for k in step[0][1]}
+                total = sum(losses.values())
+                if not np.isfinite(total):
+                    raise FloatingPointError(
+                        f"Loss became infinite or NaN at iteration={iteration}!\n"
+                        f"loss_dict = {losses}"
+                    )
+                storage.put_scalar("total_loss", total)
+                if len(losses) > 1:
+                    storage.put_scalars(**losses)
+        finally:
+            storage.iter = current
+
+
+class MixedPrecisionLoop(TrainLoop):
     """FastReID's training step with the forward and the losses under autocast
     (``SOLVER.AMP.ENABLED``): float16 with gradient scaling on CUDA, as FastReID's ``AMPTrainer``,
     and bfloat16 on the CPU, which needs no scaling (float32's exponent range). FastReID's
@@ -275,7 +335,7 @@ class Trainer(DefaultTrainer):
                 model, data_loader, optimizer, param_wrapper, cfg.MODEL.DEVICE
             )
         else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer, param_wrapper)
+            self._trainer = TrainLoop(model, data_loader, optimizer, param_wrapper)
         scaler = getattr(self._trainer, "grad_scaler", None)
         self.iters_per_epoch = len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
@@ -294,6 +354,21 @@ class Trainer(DefaultTrainer):
         self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def run_step(self):
+        """FastReID's step; then, every ``KDREID.LOG_PERIOD`` iterations and at the end of every
+        epoch (where the metric writers, evaluation and checkpoints run), the step's losses are
+        handed to the event storage (:meth:`TrainLoop.flush_metrics`)."""
+        super().run_step()
+        done = self.iter + 1
+        if (
+            done % self.cfg.KDREID.LOG_PERIOD == 0
+            or done % self.iters_per_epoch == 0
+            or done == self.max_iter
+        ):
+            flush = getattr(self._trainer, "flush_metrics", None)  # FastReID's loop writes itself
+            if flush is not None:
+                flush()
 
     def close(self):
         """Stop the training data loader's background work (idempotent)."""

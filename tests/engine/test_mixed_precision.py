@@ -2,6 +2,7 @@
 autocast (``SOLVER.AMP.ENABLED``, forced with ``KDREID.CPU_AMP always`` on a CPU without native
 bfloat16), and evaluation extracts under autocast with ``KDREID.EVAL_AUTOCAST``."""
 
+import json
 import os
 
 import pytest
@@ -69,6 +70,7 @@ def test_each_project_trains_in_bfloat16_on_the_cpu(project, tiny_teacher, fastr
             loop.storage = storage
             for loop.iter in range(2):
                 loop.run_step()
+            loop.flush_metrics()
         assert dtypes == {torch.bfloat16}
         assert torch.isfinite(torch.tensor(storage.history("total_loss").values()[-1][0]))
         after = dict(loop.model.named_parameters())
@@ -91,3 +93,17 @@ def test_evaluation_under_autocast_extracts_in_bfloat16(fastreid_root, tmp_path)
     mixed = Trainer.test(cfg, model)
     assert dtypes == {torch.bfloat16}
     assert abs(mixed["mAP"] - plain["mAP"]) < 5.0  # bfloat16 descriptors rank almost alike
+
+
+def test_eval_only_times_the_model_as_it_extracts(tiny_teacher, fastreid_root, tmp_path):
+    from kdreid.engine import main
+
+    from .test_trainer import _args
+
+    config, weights = tiny_teacher
+    opts = ["MODEL.WEIGHTS", weights, "KDREID.PROGRESS", "False", "KDREID.EVAL_AUTOCAST", "True"]
+    opts += ["KDREID.CPU_AMP", "always"]
+    main(_args(config_file=config, eval_only=True, opts=[*opts, "OUTPUT_DIR", str(tmp_path)]))
+    with open(tmp_path / "speed_accuracy.json") as f:
+        record = json.load(f)
+    assert record["precision"] == "bfloat16" and record["batchnorm_folded"] == 20

@@ -85,8 +85,13 @@ def test_train_checkpoint_and_eval_only_agree(fastreid_root, tmp_path):
             ],
         )
     )
+    # --eval-only folds the BatchNorms (KDREID.FOLD_BN): the same ranking as the in-run one
     assert evaluated["mAP"] == pytest.approx(results["mAP"], abs=1e-6)
     assert evaluated["Rank-1"] == pytest.approx(results["Rank-1"], abs=1e-6)
+    with open(tmp_path / "eval" / "speed_accuracy.json") as f:
+        record = json.load(f)
+    assert record["batchnorm_folded"] == 20  # every one of the ResNet-18's; not the head's
+    assert record["precision"] == "float32"
 
 
 def test_eval_only_without_weights(fastreid_root, tmp_path):

@@ -58,8 +58,8 @@ def test_script_parses_and_documents_its_steps_in_order():
     subprocess.run(["bash", "-n", SCRIPT], check=True)
     text = open(SCRIPT).read()
     known = text.split('STEPS_KNOWN="')[1].split('"')[0].split()
-    assert known == ["install", "cuda-tests", "rerank-gpu", "mdpr", "train-speed", "amp-train",
-                     "nccl", "eval", "rerank", "all-tests"]  # fmt: skip
+    assert known == ["install", "cuda-tests", "rerank-gpu", "mdpr", "train-speed", "inference",
+                     "amp-train", "nccl", "eval", "rerank", "all-tests"]  # fmt: skip
     documented = [line.split()[1] for line in text.splitlines() if line.startswith("#   ")]
     assert [name for name in documented if name in known] == known
     for name in known:
