@@ -2,7 +2,7 @@
 before them, on the models users deploy.
 
     python benchmarks/inference_speed.py [--device cpu|cuda] [--models R50 MDPR] [--batch N]
-        [--rounds 3] [--time-budget 2] [--gemm-sizes N ...]
+        [--rounds 3] [--passes N | --time-budget 2] [--gemm-sizes N ...]
         [--config F --weights W | --train-config F --train-epochs 6]
         [--output-dir logs/inference_speed]
 
@@ -12,22 +12,25 @@ One run, on ``--device``, reports:
    ResNet-50, ``configs/Market1501/bagtricks_R50.yml``, 256x128; ``MDPR``: the official MDPR
    configuration, ``configs/MDPR/DukeMTMC.yml``: ResNet-101-IBN, two branches, 384x192), random
    weights with BatchNorm statistics and affine weights drawn far from the identity (as a trained
-   model's are), eval mode, on one batch of ``--batch`` random 0-255 images, four ways:
+   model's are), eval mode, on one batch of ``--batch`` random 0-255 images (default 32 on the
+   CPU, 128 on CUDA: ``--eval-only`` extracts at ``TEST.IMS_PER_BATCH``, 128 in these configs;
+   bfloat16 gains less on small batches), four ways:
 
    - FastReID's: the model as FastReID builds it (NCHW), float32;
    - kdreid's before this release, the reference: channels-last, float32;
    - folded: BatchNorm folded into the convolutions (``KDREID.FOLD_BN``), channels-last, float32:
      what ``--eval-only`` extracts with now;
    - folded + autocast: the same under ``KDREID.EVAL_AUTOCAST`` (bfloat16 on the CPU, float16 on
-     CUDA).
+     CUDA), the weights of its convolutions and linear layers cast to that type once
+     (:func:`kdreid.deploy.cast_weights_for_autocast`), as ``--eval-only`` does.
 
-   Each is timed by :func:`kdreid.benchmark.measure_throughput` (one warm-up pass, then passes for
-   ``--time-budget`` seconds, at least 3), in ``--rounds`` rounds that take the four in turn
-   (the median of the rounds is reported: a drift of the machine's speed during the run reaches
-   all four alike). With each: the fraction of the GEMM peak measured in the same run (multiply-
-   adds counted by torch's FLOP counter on the folded model, x2, x images/s, over the best
-   ``torch.mm`` rate of the same type), and the largest relative change of a descriptor against
-   the reference's.
+   Each is timed by :func:`kdreid.benchmark.measure_throughput` (one warm-up pass, then
+   ``--passes`` passes, or passes for ``--time-budget`` seconds, at least 3), in ``--rounds``
+   rounds that take the four in turn (the median of the rounds is reported: a drift of the
+   machine's speed during the run reaches all four alike). With each: the fraction of the GEMM
+   peak measured in the same run (multiply-adds counted by torch's FLOP counter on the folded
+   model, x2, x images/s, over the best ``torch.mm`` rate of the same type), and the largest
+   relative change of a descriptor against the reference's.
 2. **Accuracy** on SynthReID: a trained model's test set extracted by kdreid's ``Trainer.test``
    unfolded in float32 (the reference), folded in float32, and folded under autocast: mAP, Rank-1,
    mINP and the descriptors' relative change. The model is ``--config`` with ``--weights``, or
@@ -36,8 +39,8 @@ One run, on ``--device``, reports:
    into ``<output-dir>/trained`` (reused when there).
 
 Writes ``<output-dir>/inference_speed.json`` and ``inference_speed.md`` (atomically) and prints
-the table. On the 2-core development CPU the whole run takes about 10 minutes, most of it the
-MDPR model (a 384x192 image through ResNet-101-IBN twice takes about a second there).
+the table. On the 2-core development CPU, ``--rounds 3 --passes 2`` takes about 12 minutes, most
+of it the MDPR model (93 GFLOP per 384x192 image: half a second in float32 there).
 """
 
 import copy
@@ -78,8 +81,8 @@ from kdreid.benchmark import (  # noqa: E402
 )
 from kdreid.checkpoint import atomic_write  # noqa: E402
 from kdreid.cli import at_least, build_inference_model, check_output_dir, finite_above  # noqa: E402
-from kdreid.config import get_cfg, merge_from_file  # noqa: E402
-from kdreid.deploy import fold_batchnorm  # noqa: E402
+from kdreid.config import autocast_dtype, get_cfg, merge_from_file  # noqa: E402
+from kdreid.deploy import cast_weights_for_autocast, fold_batchnorm  # noqa: E402
 from kdreid.engine import Trainer  # noqa: E402
 from kdreid.engine.evaluate import deploy_model  # noqa: E402
 from kdreid.engine.trainer import AutocastForward  # noqa: E402
@@ -101,7 +104,7 @@ VARIANTS = (
 """The extraction paths timed, in the order each round takes them."""
 
 JSON_NAME, MD_NAME = "inference_speed.json", "inference_speed.md"
-DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
+DEFAULT_BATCH = {"cpu": 32, "cuda": 128}
 
 
 def parse_args(argv=None):
@@ -118,6 +121,11 @@ def parse_args(argv=None):
         f"{DEFAULT_BATCH['cuda']} on CUDA)",
     )  # fmt: skip
     parser.add_argument("--rounds", type=positive, default=3, help="rounds over the four paths")
+    parser.add_argument(
+        "--passes", type=positive, default=None,
+        help="timed passes per path and round (default: as many as --time-budget allows, at "
+        "least 3)",
+    )  # fmt: skip
     parser.add_argument(
         "--time-budget", type=finite_above(0), default=2.0,
         help="seconds of timed passes per path and round, and per GEMM size (at least 3 passes)",
@@ -195,13 +203,15 @@ def build_paths(config, device):
     example = 255 * torch.rand(1, 3, height, width, device=device)
     pairs = fold_batchnorm(folded, example)
     folded.to(memory_format=torch.channels_last)
+    mixed = copy.deepcopy(folded)
+    cast = cast_weights_for_autocast(mixed, example, autocast_dtype(device.type))
     paths = {
         "fastreid": fastreid,
         "reference": reference,
         "folded": folded,
-        "mixed": AutocastForward(folded, device.type),
+        "mixed": AutocastForward(mixed, device.type),
     }
-    return cfg, paths, len(pairs)
+    return cfg, paths, len(pairs), cast
 
 
 def relative_change(features, reference):
@@ -214,12 +224,13 @@ def model_speed(name, args, device, gemm, mixed_dtype):
     """The four paths of one model: images/s (median of the rounds), % of the GEMM peak, ratios
     and the descriptors' change."""
     label, config = MODELS[name]
-    cfg, paths, folded = build_paths(config, device)
+    cfg, paths, folded, cast = build_paths(config, device)
     height, width = cfg.INPUT.SIZE_TEST
     generator = torch.Generator(device=device).manual_seed(1)
     images = 255 * torch.rand(args.batch, 3, height, width, generator=generator, device=device)
     out = {"label": label, "config": config, "input_size": [height, width]}
     out["batchnorm_folded"] = folded
+    out["weights_cast"] = cast
     out["remaining_batchnorm"] = sum(
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in paths["folded"].modules()
     )
@@ -235,7 +246,9 @@ def model_speed(name, args, device, gemm, mixed_dtype):
         for key, text in VARIANTS:
             print(f"  {name} round {round_index + 1}/{args.rounds}: {text}", flush=True)
             rates[key].append(
-                measure_throughput(paths[key], images, warmup=1, time_budget_s=args.time_budget)
+                measure_throughput(
+                    paths[key], images, warmup=1, iters=args.passes, time_budget_s=args.time_budget
+                )
             )
     reference = statistics.median(rates["reference"])
     out["paths"] = {}
@@ -270,13 +283,18 @@ def accuracy(config, weights, device, how):
     model.eval().to(memory_format=torch.channels_last)
     out = {"config": config, "weights": weights, "how": how, "dataset": cfg.DATASETS.TESTS[0]}
     feats = {}
-    for key, text, fold, autocast in (
-        ("reference", "unfolded, float32", False, False),
-        ("folded", "BatchNorm folded, float32", True, False),
-        ("mixed", "BatchNorm folded, autocast", False, True),  # folded already
+    for key, text, autocast in (
+        ("reference", "unfolded, float32", False),
+        ("folded", "BatchNorm folded, float32", False),
+        ("mixed", "BatchNorm folded, autocast", True),
     ):
-        if fold:
+        if key == "folded":
             out["batchnorm_folded"] = deploy_model(cfg, model)
+        if key == "mixed":  # the weights cast once, as --eval-only does under autocast
+            example = 255 * torch.rand(1, 3, *cfg.INPUT.SIZE_TEST, device=device)
+            out["weights_cast"] = cast_weights_for_autocast(
+                model, example, autocast_dtype(device.type)
+            )
         print(f"  extracting {out['dataset']}: {text}", flush=True)
         metrics, feats[key], _, dtypes, seconds = extract_and_evaluate(cfg, model, autocast)
         out[key] = {"label": text, **metrics, "conv_dtypes": dtypes, "seconds": seconds}
@@ -321,8 +339,9 @@ def markdown(result):
         lines.append(
             f"- {r['label']}: {r['batchnorm_folded']} BatchNorm layers folded, "
             f"{r['remaining_batchnorm']} left (each reads something other than a convolution's "
-            "sole output); "
-            f"{2 * r['macs_per_image'] / 1e9:.1f} GFLOP per image."
+            f"sole output); {r['weights_cast']} convolutions and linear layers cast to "
+            f"{mixed} once for the autocast path; {2 * r['macs_per_image'] / 1e9:.1f} GFLOP per "
+            "image."
         )
     a = result["accuracy"]
     lines += [

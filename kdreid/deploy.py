@@ -1,5 +1,6 @@
 """The deployed model made cheaper without changing what it computes: BatchNorm folded into the
-convolutions before it.
+convolutions before it, and, for extraction under autocast, weights cast once instead of at every
+call.
 
 In evaluation a BatchNorm is a fixed per-channel affine map, ``y = (x - mean) / sqrt(var + eps) *
 gamma + beta``: when ``x`` is a convolution's output and nothing else reads it, the map moves into
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ["FoldedPair", "fold_batchnorm", "foldable_pairs"]
+__all__ = ["FoldedPair", "cast_weights_for_autocast", "fold_batchnorm", "foldable_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +174,51 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, rtol: float = 1e-4) 
                 f"by {float(change):.2e} (relative), more than {rtol:g}"
             )
     return pairs
+
+
+_AUTOCAST_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+"""Modules whose operation autocast runs in its lower precision (on the CPU and on CUDA), casting
+their float32 weight and bias at every call."""
+
+
+@torch.no_grad()
+def cast_weights_for_autocast(model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -> int:
+    """Cast, once and in place, the weights and biases that autocast would cast to ``dtype`` at
+    every call (convolutions and linear layers): extraction under autocast then computes the same
+    numbers without copying every weight at every batch (about 5% of a ResNet-101's bfloat16 pass
+    on a CPU). The model is for autocast inference from then on.
+
+    The outputs on ``example`` under autocast are compared before and after; where they differ at
+    all (a weight also read by an operation autocast leaves in float32) the weights are restored.
+
+    Args:
+        model: the model, in eval mode.
+        example: an input batch it takes.
+        dtype: autocast's type on the example's device (bfloat16 on the CPU, float16 on CUDA).
+
+    Returns:
+        The number of modules cast (0 where the outputs would change).
+    """
+    device_type = example.device.type
+
+    def outputs():
+        with torch.autocast(device_type, dtype=dtype):
+            return [t.float().clone() for t in _outputs(model(example.clone()))]
+
+    before = outputs()
+    originals = {}
+    for module in model.modules():
+        if isinstance(module, _AUTOCAST_WEIGHTED) and module.weight.dtype == torch.float32:
+            originals[module] = (module.weight.data, getattr(module.bias, "data", None))
+            module.weight.data = module.weight.data.to(dtype)  # keeps channels-last
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(dtype)
+    after = outputs()
+    if all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):
+        return len(originals)
+    for module, (weight, bias) in originals.items():
+        module.weight.data = weight
+        if bias is not None:
+            module.bias.data = bias
+    logger.info("Weights left in float32: casting them before autocast changes the outputs.")
+    return 0

@@ -7,7 +7,7 @@ from fastreid.layers.batch_norm import FrozenBatchNorm
 from torch import nn
 
 from kdreid.config import get_cfg, merge_from_file
-from kdreid.deploy import FoldedPair, fold_batchnorm, foldable_pairs
+from kdreid.deploy import FoldedPair, cast_weights_for_autocast, fold_batchnorm, foldable_pairs
 from kdreid.engine import Trainer
 
 from .conftest import REPO
@@ -142,3 +142,30 @@ def test_each_projects_descriptor_is_unchanged(name):
     assert relative.max() < 1e-5  # float32 descriptors equal within 1e-5 relative
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+
+class ReadsAWeight(nn.Module):
+    """A convolution and a linear layer; with ``peek``, the convolution's weight is also read by
+    an operation autocast leaves in float32."""
+
+    def __init__(self, peek=False):
+        super().__init__()
+        self.conv, self.linear, self.peek = nn.Conv2d(3, 8, 3), nn.Linear(8, 4), peek
+
+    def forward(self, x):
+        out = self.linear(self.conv(x).mean((2, 3)))
+        return out.float() + self.conv.weight.flatten()[:4] if self.peek else out
+
+
+@pytest.mark.parametrize("peek", [False, True])
+def test_weights_cast_once_compute_what_autocast_computes(peek):
+    torch.manual_seed(0)
+    model = ReadsAWeight(peek).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        before = model(x)
+    cast = cast_weights_for_autocast(model, x, torch.bfloat16)
+    dtypes = {model.conv.weight.dtype, model.conv.bias.dtype, model.linear.weight.dtype}
+    assert (cast, dtypes) == ((0, {torch.float32}) if peek else (2, {torch.bfloat16}))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert torch.equal(model(x), before)

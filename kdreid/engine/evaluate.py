@@ -17,7 +17,7 @@ from torch import nn
 from kdreid.benchmark import OTHER_LOAD_WARNING, format_record, profile_model, write_record
 from kdreid.checkpoint import file_sha256, load_weights_strict, read_provenance
 from kdreid.config import autocast_dtype
-from kdreid.deploy import fold_batchnorm
+from kdreid.deploy import cast_weights_for_autocast, fold_batchnorm
 from kdreid.engine.setup import write_config
 from kdreid.engine.trainer import AutocastForward
 from kdreid.errors import ConfigError
@@ -124,17 +124,19 @@ def evaluate_only(cfg, trainer_cls, config_file=""):
 def deploy_model(cfg, model):
     """``model`` (weights loaded) made the model ``--eval-only`` extracts with, in place: in eval
     mode, its BatchNorm layers folded into the convolutions before them (``KDREID.FOLD_BN``,
-    :func:`kdreid.deploy.fold_batchnorm`), its weights channels-last (``KDREID.CHANNELS_LAST``).
+    :func:`kdreid.deploy.fold_batchnorm`), its weights channels-last (``KDREID.CHANNELS_LAST``)
+    and, for extraction under autocast (``KDREID.EVAL_AUTOCAST``), cast once to autocast's type
+    (:func:`kdreid.deploy.cast_weights_for_autocast`).
 
     Returns:
         int: the number of BatchNorm layers folded.
     """
     model.eval()
+    height, width = cfg.INPUT.SIZE_TEST
+    device = next(model.parameters()).device
+    example = 255 * torch.rand(1, 3, height, width, device=device)
     folded = 0
     if cfg.KDREID.FOLD_BN:
-        height, width = cfg.INPUT.SIZE_TEST
-        device = next(model.parameters()).device
-        example = 255 * torch.rand(1, 3, height, width, device=device)
         folded = len(fold_batchnorm(model, example))
         left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         logger.info(
@@ -145,6 +147,8 @@ def deploy_model(cfg, model):
         )
     if cfg.KDREID.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
+    if cfg.KDREID.EVAL_AUTOCAST:
+        cast_weights_for_autocast(model, example, autocast_dtype(device.type))
     return folded
 
 

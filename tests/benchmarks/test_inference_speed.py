@@ -10,8 +10,8 @@ from harness.runs import main_of_runs
 from ..conftest import assert_output_dir_refused, run_script
 
 SCRIPT = "benchmarks/inference_speed.py"
-TINY = ["--models", "R50", "--batch", "2", "--rounds", "2", "--time-budget", "0.01",
-        "--gemm-sizes", "32"]  # fmt: skip
+TINY = ["--models", "R50", "--batch", "2", "--rounds", "2", "--passes", "1",
+        "--time-budget", "0.01", "--gemm-sizes", "32"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def test_an_output_dir_that_cannot_be_written_is_one_line(inference_speed, tmp_p
     [
         (["--batch", "0"], "argument --batch: must be 1 or more, got 0"),
         (["--rounds", "0"], "argument --rounds: must be 1 or more, got 0"),
+        (["--passes", "0"], "argument --passes: must be 1 or more, got 0"),
         (["--models", "R34"], "argument --models: invalid choice: 'R34'"),
         (["--config", "configs/Synthetic/tiny.yml"], "--config and --weights go together"),
         (["--config", "configs/Synthetic/tiny.yml", "--weights", "missing.pth"],
@@ -70,10 +71,12 @@ def test_one_run_times_the_four_paths(tiny_teacher, datasets_root, fastreid_root
     r50 = result["models"]["R50"]
     assert r50["input_size"] == [256, 128]
     assert r50["batchnorm_folded"] == 53 and r50["remaining_batchnorm"] == 1  # the BN neck
+    assert r50["weights_cast"] == 53  # its convolutions (FastReID's classifier is no nn.Linear)
     paths = r50["paths"]
     assert list(paths) == ["fastreid", "reference", "folded", "mixed"]
     for path in paths.values():
         assert len(path["rounds"]) == 2 and path["images_per_s"] > 0
+        assert path["images_per_s"] == pytest.approx(sum(path["rounds"]) / 2)  # their median
         assert path["conv_dtypes"] == [path["dtype"]]  # what really ran
         assert path["over_reference"] == pytest.approx(
             path["images_per_s"] / paths["reference"]["images_per_s"]
@@ -87,7 +90,7 @@ def test_one_run_times_the_four_paths(tiny_teacher, datasets_root, fastreid_root
     assert a["dataset"] == "SynthReIDTiny" and a["batchnorm_folded"] == 20
     assert a["reference"]["conv_dtypes"] == a["folded"]["conv_dtypes"] == ["float32"]
     assert a["mixed"]["conv_dtypes"] == ["bfloat16"]
-    assert a["folded"]["relative_change"] < 1e-5
+    assert a["folded"]["relative_change"] < 1e-5 and a["weights_cast"] == 20
     assert a["folded"]["mAP"] == pytest.approx(a["reference"]["mAP"], abs=1e-3)
     text = (out / "inference_speed.md").read_text()
     assert (
