@@ -24,6 +24,7 @@ __all__ = [
     "file_sha256",
     "fit_state_dict",
     "load_weights_strict",
+    "model_state",
     "read_checkpoint",
     "read_json",
     "read_provenance",
@@ -267,7 +268,7 @@ class AtomicCheckpointer(Checkpointer):
         if not isinstance(checkpoint, dict):
             checkpoint = {"model": checkpoint}
         # FastReID's _load_model expects the state dict under "model".
-        checkpoint["model"] = _model_state(checkpoint, f)
+        checkpoint["model"] = model_state(checkpoint, f)
         return checkpoint
 
     def _load_model(self, checkpoint):
@@ -333,7 +334,7 @@ def read_state_dict(path, option="MODEL.WEIGHTS"):
         WeightsError: ``path`` is empty, missing, a directory, not a PyTorch checkpoint,
             unreadable, or holds no state dict.
     """
-    return _model_state(read_checkpoint(path, option), path)
+    return model_state(read_checkpoint(path, option), path)
 
 
 def read_checkpoint(path, option="MODEL.WEIGHTS", mmap=False):
@@ -381,8 +382,9 @@ def file_sha256(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def _model_state(checkpoint, path):
-    """The model state dict in a checkpoint's content (see :func:`read_state_dict`)."""
+def model_state(checkpoint, path):
+    """The model state dict in a checkpoint's content (:func:`read_checkpoint`'s), as
+    :func:`read_state_dict` finds it."""
     state = checkpoint if isinstance(checkpoint, dict) else None
     for key in ("model", "state_dict"):  # FastReID's checkpoints; ImageNet ones
         if isinstance(state, dict) and isinstance(state.get(key), dict):

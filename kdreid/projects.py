@@ -35,11 +35,18 @@ class Project:
         check_built: ``check_built(cfg, model, train_set)``, the project's checks once the model
             (and, when training, the training set: a FastReID ``CommDataset``, else None) exist
             (stage 2).
+        pretrained_state: ``pretrained_state(cfg, content, backbone)``, for a backbone whose
+            ImageNet weights are published in other key layouts than its own: ``content`` (the
+            top-level dict of ``MODEL.BACKBONE.PRETRAIN_PATH``) under the names of ``backbone``
+            (built without weights), as the backbone's builder will load it; raises
+            :class:`~kdreid.errors.WeightsError` naming what does not fit (or when the builder
+            cannot read that layout). None for a backbone the project does not know.
     """
 
     add_config: Callable
     check_config: Callable | None = None
     check_built: Callable | None = None
+    pretrained_state: Callable | None = None
 
 
 @dataclass(frozen=True)

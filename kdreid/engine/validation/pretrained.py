@@ -24,6 +24,7 @@ from kdreid.checkpoint import read_checkpoint
 from kdreid.compat import checkpoint_format_problem
 from kdreid.errors import ConfigError, WeightsError
 from kdreid.progress import is_terminal
+from kdreid.projects import installed
 
 __all__ = ["check_pretrained", "load_error", "pretrained_url", "resolve_pretrained", "MIN_PROVIDED"]
 
@@ -169,7 +170,9 @@ def check_pretrained(cfg):
 
     Reads the file as FastReID's builder does (its top-level dict, no code executed) and compares
     it with the backbone built from ``MODEL.BACKBONE`` without weights: the file must provide at
-    least :data:`MIN_PROVIDED` of the backbone's parameters, under their names and shapes.
+    least :data:`MIN_PROVIDED` of the backbone's parameters, under their names and shapes (after
+    a project's renaming of a published layout its builder reads:
+    :attr:`kdreid.projects.Project.pretrained_state`).
 
     Raises:
         ConfigError: ``PRETRAIN_PATH`` is not a file (see :func:`resolve_pretrained` for an
@@ -196,6 +199,8 @@ def check_pretrained(cfg):
     probe_cfg.defrost()
     probe_cfg.MODEL.BACKBONE.PRETRAIN = False
     backbone = build_backbone(probe_cfg)
+    if isinstance(content, dict):
+        content = _in_backbone_layout(cfg, content, backbone)
     shapes = {name: tuple(p.shape) for name, p in backbone.named_parameters()}
     provided = [
         name
@@ -212,6 +217,17 @@ def check_pretrained(cfg):
         f"has e.g. '{example_file or '(none: the file is empty)'}'). Expected {_expected(cfg)}, "
         "or MODEL.BACKBONE.PRETRAIN False to train from scratch."
     )
+
+
+def _in_backbone_layout(cfg, content, backbone):
+    """``content`` under the backbone's own names where a project converts the layout of its
+    published files (:attr:`kdreid.projects.Project.pretrained_state`), else as it is."""
+    for project in installed():
+        if project.pretrained_state is not None:
+            converted = project.pretrained_state(cfg, content, backbone)
+            if converted is not None:
+                return converted
+    return content
 
 
 def load_error(cfg, exc):

@@ -5,7 +5,8 @@ Importing the package registers (imports marked "registration" exist for that):
 - ``SpeedKDDistiller``: Hinton distillation of a frozen teacher into a student;
 - the ``MODEL.SPEEDKD`` config keys (also applied by :func:`kdreid.config.get_cfg`).
 
-LOMO + XQDA, the classical baseline, is in :mod:`speed_kd.lomo` and :mod:`speed_kd.xqda`.
+LOMO + XQDA, the classical baseline, is in :mod:`speed_kd.lomo` and :mod:`speed_kd.xqda`; published
+ImageNet MobileNet weights are renamed for the backbones by :mod:`speed_kd.imagenet_weights`.
 """
 
 import kdreid  # noqa: F401  (repairs fastreid before anything imports it)

@@ -14,6 +14,7 @@ from kdreid.errors import ConfigError
 from kdreid.meta_arch import unwrap
 from kdreid.projects import Project
 from speed_kd.distiller import SpeedKDDistiller
+from speed_kd.imagenet_weights import pretrained_state
 from speed_kd.mobilenet_v1 import WIDTH_MULTIPLIERS, output_channels
 
 __all__ = ["PROJECT", "add_speed_kd_config", "check_speed_kd_built", "check_speed_kd_config"]
@@ -156,5 +157,6 @@ PROJECT = Project(
     add_config=add_speed_kd_config,
     check_config=check_speed_kd_config,
     check_built=check_speed_kd_built,
+    pretrained_state=pretrained_state,
 )
 """What the project plugs into kdreid (its ``kdreid.projects`` entry point)."""

@@ -26,8 +26,9 @@ from fastreid.layers import get_norm
 from fastreid.modeling.backbones.build import BACKBONE_REGISTRY
 from torch import nn
 
-from kdreid.checkpoint import fit_state_dict, read_state_dict
+from kdreid.checkpoint import read_state_dict
 from kdreid.errors import WeightsError
+from speed_kd.imagenet_weights import backbone_state
 
 __all__ = [
     "WIDTH_MULTIPLIERS",
@@ -77,10 +78,6 @@ def width_multiplier(depth: str) -> float:
 def output_channels(width_mult: float) -> int:
     """Channels of :class:`MobileNetV1`'s output map at width multiplier α: ``int(1024·α)``."""
     return int(BLOCKS[-1][0] * width_mult)
-
-
-# Keys of an ImageNet classifier that a backbone checkpoint may carry; they are not the backbone's.
-_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 
 class ConvBNReLU(nn.Sequential):
@@ -203,27 +200,35 @@ class MobileNetV1(nn.Module):
 def load_pretrained(model: nn.Module, path: str) -> None:
     """Load ImageNet weights into ``model``, insisting that every key fits.
 
-    The file holds a state dict with this module's key names, bare or under ``"state_dict"`` or
-    ``"model"``; a ``module.`` prefix (DataParallel) is stripped and an ImageNet classifier
-    (keys under ``fc.`` or ``classifier.``) is ignored. Loaded with ``weights_only=True``.
+    The file holds a state dict, bare or under ``"state_dict"`` or ``"model"``, in this module's
+    key layout or a published one that :mod:`speed_kd.imagenet_weights` renames (timm's
+    ``mobilenetv1_100``, marvis/pytorch-mobilenet's ``nn.Sequential``), recognised from its keys;
+    a ``module.`` prefix (DataParallel) is stripped and the ImageNet classifier is ignored. Read
+    with ``weights_only=True``.
 
     Args:
         model: the backbone to fill.
         path: the weights file (``MODEL.BACKBONE.PRETRAIN_PATH``).
 
     Raises:
-        WeightsError: the file is missing or unreadable, or keys are missing, unexpected or of
-            another shape (all are listed).
+        WeightsError: the file is missing or unreadable, in no layout read here, or keys are
+            missing, unexpected or of another shape (all are listed, under both names).
     """
     if not path or not os.path.isfile(path):
         raise WeightsError(
             f"MODEL.BACKBONE.PRETRAIN is on but MODEL.BACKBONE.PRETRAIN_PATH '{path}' is not a "
             "file: pass the ImageNet weights' path, or MODEL.BACKBONE.PRETRAIN False."
         )
-    state = read_state_dict(path, option="MODEL.BACKBONE.PRETRAIN_PATH")
-    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    fit_state_dict(model, state, f"pretrained '{path}'")
-    logger.info("Loaded pretrained weights from %s", path)
+    option = "MODEL.BACKBONE.PRETRAIN_PATH"
+    state, layout = backbone_state(
+        read_state_dict(path, option=option),
+        model.state_dict(),
+        "mobilenetv1",
+        source=f"{option} '{path}'",
+        target=type(model).__name__,
+    )
+    model.load_state_dict(state, strict=True)
+    logger.info("Loaded pretrained weights from %s (%s layout)", path, layout.name)
 
 
 @BACKBONE_REGISTRY.register()
