@@ -169,7 +169,7 @@ def train_variant(cfg, trainer_cls, iters, device):
     torch.manual_seed(SEED)
     trainer = trainer_cls(cfg)
     loop = trainer._trainer
-    steps, losses, data_times = [], [], []
+    steps = []
     try:
         with EventStorage(0) as storage:
             for i in range(iters + 1):
@@ -180,12 +180,14 @@ def train_variant(cfg, trainer_cls, iters, device):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
-                latest = storage.latest()
-                losses.append(float(latest["total_loss"][0]))
                 if i > 0:
                     steps.append(seconds)
-                    data_times.append(float(latest["data_time"][0]))
                 storage.step()
+            flush = getattr(loop, "flush_metrics", None)  # kdreid's loop stores in batches
+            if flush is not None:
+                flush()
+            losses = [float(v) for v, _ in storage.history("total_loss").values()]
+            data_times = [float(v) for v, _ in storage.history("data_time").values()][1:]
     finally:
         trainer.close()
     weight = next(p for p in loop.model.parameters() if p.dim() == 4)

@@ -14,7 +14,13 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 from torch import nn
 
-from kdreid.benchmark import OTHER_LOAD_WARNING, format_record, profile_model, write_record
+from kdreid.benchmark import (
+    OTHER_LOAD_WARNING,
+    count_parameters,
+    format_record,
+    profile_model,
+    write_record,
+)
 from kdreid.checkpoint import file_sha256, load_weights_strict, read_provenance
 from kdreid.config import autocast_dtype
 from kdreid.deploy import cast_weights_for_autocast, fold_batchnorm
@@ -91,6 +97,7 @@ def evaluate_only(cfg, trainer_cls, config_file=""):
     cfg.freeze()
     model = inference_model(cfg, trainer_cls.build_model)
     write_config(cfg, eval_only=True)
+    params = count_parameters(deployed_model(model))  # the network's, BatchNorm included
     folded = deploy_model(cfg, model)
     results = trainer_cls.test(cfg, model)
     if cfg.KDREID.SPEED and comm.get_world_size() > 1:
@@ -105,6 +112,7 @@ def evaluate_only(cfg, trainer_cls, config_file=""):
         record = speed_accuracy_record(cfg, deployed, results, config_file)
         dtype = autocast_dtype(cfg.MODEL.DEVICE) if cfg.KDREID.EVAL_AUTOCAST else torch.float32
         record["precision"] = str(dtype).removeprefix("torch.")
+        record["params"] = params  # not the folded copy's (no BatchNorm, new biases)
         record["batchnorm_folded"] = folded
         record.update(record_extras(model))
         logger.info("Speed and accuracy:\n%s", format_record(record))
@@ -133,7 +141,7 @@ def deploy_model(cfg, model):
     """
     model.eval()
     height, width = cfg.INPUT.SIZE_TEST
-    device = next(model.parameters()).device
+    device = torch.device(cfg.MODEL.DEVICE)
     example = 255 * torch.rand(1, 3, height, width, device=device)
     folded = 0
     if cfg.KDREID.FOLD_BN:

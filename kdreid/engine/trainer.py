@@ -165,7 +165,8 @@ class TrainLoop(SimpleTrainer):
 
     def _write_metrics(self, loss_dict, data_time):
         values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
-        self._pending.append((self.iter, tuple(loss_dict), values, data_time))
+        iteration = get_event_storage().iter  # where FastReID's put_scalar would store it
+        self._pending.append((iteration, tuple(loss_dict), values, data_time))
 
     def flush_metrics(self):
         """Put the losses of the iterations since the last flush into the event storage (on the

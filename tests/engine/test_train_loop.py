@@ -117,9 +117,9 @@ def test_no_host_copy_between_flushes():
 
 
 def test_a_nan_loss_names_the_iteration_it_appeared_at():
-    with EventStorage(0):
+    with EventStorage(0) as storage:
         loop = _loop(TrainLoop, TwoLosses(nan_at=3))
-        for loop.iter in range(6):
+        for storage.iter in range(6):  # as the trainer's before_step sets it
             loop.run_step()
         with pytest.raises(FloatingPointError, match="iteration=3!"):
             loop.flush_metrics()
