@@ -1,21 +1,22 @@
 """Does distillation work? SpeedKD students trained alone and with KD, same schedule, several seeds.
 
-    python benchmarks/speedkd_evidence.py [--seeds 0 1 2] [--student resnet18_64x32]
-        [--extra-students mobilenetv1_0.25x ...] [--teacher-weights PATH] [--output-dir DIR]
-        [KEY VALUE ...]
+    python benchmarks/speedkd_evidence.py [--seeds 0 1 2] [--students S ...]
+        [--teacher-weights PATH] [--output-dir DIR] [KEY VALUE ...]
 
-On SynthReID-small, on this machine's device: trains the ResNet-18 teacher
-(configs/Synthetic/bagtricks_R18.yml, seed 0) unless its weights are given, then for every seed
-the student alone (configs/SpeedKD/Synthetic/<student>.yml) and the student distilled from the
-teacher (kd_<student>.yml) with the same schedule and seed; evaluates each with ``--eval-only``
-(accuracy and speed records), runs LOMO+XQDA, and writes
+The paper's comparison on SynthReID-small, on this machine's device: trains the ResNet-18 teacher
+(configs/Synthetic/bagtricks_R18.yml, seed 0) unless its weights are given, then for every student
+of ``--students`` (default: :data:`STUDENTS_COMPARED`, the MobileNets) and every seed the student
+alone (configs/SpeedKD/Synthetic/<student>.yml) and the student distilled from the teacher
+(kd_<student>.yml) with the same schedule and seed; evaluates each with ``--eval-only`` (accuracy
+and speed records), runs LOMO+XQDA, and writes
 
-- ``evidence.md``: per-seed mAP / Rank-1 of both students, mean ± standard deviation, and the
-  paired KD − plain differences;
-- ``tradeoff.md`` / ``tradeoff.png``: every model's accuracy against its latency.
+- ``evidence.md``: for each student, per-seed mAP / Rank-1 alone and distilled, mean ± standard
+  deviation, the paired KD − plain differences and whether they clear the spread;
+- ``tradeoff.md`` / ``tradeoff.png``: every model's accuracy against its latency and multiply-adds,
+  the distilled students marked.
 
 Runs that already finished are not repeated, so an interrupted benchmark continues where it
-stopped. Extra students run with the first seed only. ``KEY VALUE`` options apply to every
+stopped. ``KEY VALUE`` options apply to every
 student run, except the distillation keys (``MODEL.SPEEDKD.*``, ``KD.*``, e.g.
 ``MODEL.SPEEDKD.LAMBDA 0.9``), which only the distilled students get: the students trained alone
 do not depend on them, so runs that differ only there can share them (copy the ``*_plain``
@@ -35,6 +36,8 @@ from speed_kd.tradeoff import find_records, write_tradeoff
 
 TEACHER_CONFIG = "configs/Synthetic/bagtricks_R18.yml"
 TEACHER_NAME = "ResNet-18 (teacher)"
+STUDENTS_COMPARED = ("mobilenetv1_1.0x", "mobilenetv1_0.5x", "mobilenetv2_1.0x")
+"""The students of the paper's comparison (each alone and distilled, every seed)."""
 DISTILLATION_KEYS = ("MODEL.SPEEDKD.", "KD.")
 
 
@@ -91,12 +94,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     parser.add_argument(
-        "--student", type=student_name, default="resnet18_64x32",
-        help="the student of every seed (default resnet18_64x32, the demo's)",
+        "--students", type=student_name, nargs="+", default=list(STUDENTS_COMPARED),
+        help=f"each alone and distilled, every seed (default {' '.join(STUDENTS_COMPARED)})",
     )  # fmt: skip
-    parser.add_argument(
-        "--extra-students", type=student_name, nargs="*", default=[], help="first seed only"
-    )
     parser.add_argument("--teacher-weights", default="", help="skip training the teacher")
     parser.add_argument(
         "--output-dir", default="logs/speedkd_evidence", help="default logs/speedkd_evidence"
@@ -104,6 +104,9 @@ def parse_args(argv=None):
     args = parse_with_opts(
         parser, argv, "KEY VALUE for the student runs (MODEL.SPEEDKD.*, KD.*: distilled ones only)"
     )
+    for student in args.students:  # the default list too, which argparse does not check
+        if (problem := missing_student(student)) is not None:
+            parser.error(f"argument --students: {problem}")
     pairs = list(zip(args.opts[0::2], args.opts[1::2]))
     args.plain_opts = [w for k, v in pairs if not k.startswith(DISTILLATION_KEYS) for w in (k, v)]
     return args
@@ -132,21 +135,19 @@ def main(argv=None):
     lomo_xqda(os.path.join(out, "lomo_xqda"))
 
     kd_opts = ["KD.MODEL_WEIGHTS", f"('{teacher_weights}',)", *args.opts]
-    plain, kd = [], []
-    for student in [args.student, *args.extra_students]:
-        seeds = args.seeds if student == args.student else args.seeds[:1]
+    tables = []
+    for student in args.students:
         config = os.path.join(STUDENTS, f"{student}.yml")
         kd_config = os.path.join(STUDENTS, f"kd_{student}.yml")
-        for seed in seeds:
+        plain, kd = [], []
+        for seed in args.seeds:
             print(f"Student {student}, seed {seed}: alone, then distilled", flush=True)
             base = os.path.join(out, student, f"seed{seed}")
-            p = train_and_record(student, config, base + "_plain", seed, args.plain_opts)
-            k = train_and_record(f"{student} +KD", kd_config, base + "_kd", seed, kd_opts)
-            if student == args.student:
-                plain.append(p)
-                kd.append(k)
+            plain.append(train_and_record(student, config, base + "_plain", seed, args.plain_opts))
+            kd.append(train_and_record(f"{student} +KD", kd_config, base + "_kd", seed, kd_opts))
+        tables.append(evidence_table(student, args.seeds, plain, kd, teacher.record))
 
-    text = evidence_table(args.student, args.seeds, plain, kd, teacher.record)
+    text = "\n\n".join(tables)
     write_text(os.path.join(out, "evidence.md"), text + "\n")
     print("\n" + text)
     table = write_tradeoff(

@@ -1,6 +1,6 @@
-"""benchmarks/speedkd_evidence.py's command line: options after ``--extra-students`` stay
-options, unknown students are refused before anything trains, and the distillation keys reach
-the distilled students only."""
+"""benchmarks/speedkd_evidence.py's command line: options after ``--students`` stay options,
+unknown students are refused before anything trains, and the distillation keys reach the
+distilled students only."""
 
 import pytest
 
@@ -12,12 +12,18 @@ def evidence(load_script):
     return load_script("benchmarks/speedkd_evidence.py")
 
 
-def test_options_after_extra_students_are_options(evidence):
+def test_the_default_students_are_the_papers_mobilenets(evidence):
+    args = evidence.parse_args([])
+    assert args.students == ["mobilenetv1_1.0x", "mobilenetv1_0.5x", "mobilenetv2_1.0x"]
+    assert args.seeds == [0, 1, 2]
+
+
+def test_options_after_students_are_options(evidence):
     args = evidence.parse_args(
-        ["--student", "resnet18_64x32", "--extra-students", "mobilenetv1_0.5x",
+        ["--students", "resnet18_64x32", "mobilenetv1_0.5x",
          "MODEL.SPEEDKD.LAMBDA", "0.5", "SOLVER.MAX_EPOCH", "3"]
     )  # fmt: skip
-    assert args.extra_students == ["mobilenetv1_0.5x"]
+    assert args.students == ["resnet18_64x32", "mobilenetv1_0.5x"]
     assert args.opts == ["MODEL.SPEEDKD.LAMBDA", "0.5", "SOLVER.MAX_EPOCH", "3"]
     assert args.plain_opts == ["SOLVER.MAX_EPOCH", "3"]  # λ means nothing to a plain student
 
@@ -33,8 +39,8 @@ def test_distillation_keys_reach_the_distilled_students_only(evidence):
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["--student", "resnet19"], ["resnet19", "resnet18_64x32", "mobilenetv1_0.5x"]),
-        (["--extra-students", "mobilenet"], ["mobilenet.yml", "mobilenetv1_0.25x"]),
+        (["--students", "resnet19"], ["resnet19", "resnet18_64x32", "mobilenetv1_0.5x"]),
+        (["--students", "mobilenetv1_0.5x", "mobilenet"], ["mobilenet.yml", "mobilenetv1_0.25x"]),
         (["SOLVER.MAX_EPOCH"], ["KEY VALUE", "SOLVER.MAX_EPOCH"]),
     ],
 )
