@@ -213,8 +213,9 @@ def _style(row):
 
 
 def plot_tradeoff(rows, path, title="Speed/accuracy trade-off"):
-    """mAP against batch-1 latency (log scale), one labelled point per model, error bars for
-    models with several runs; classical, teacher and student models in different markers.
+    """mAP against batch-1 latency and against multiply-adds (both log scale), one labelled point
+    per model, error bars for models with several runs; classical, trained-alone and distilled
+    models in different markers and colours.
 
     Args:
         rows: from :func:`summarise`.
@@ -226,43 +227,65 @@ def plot_tradeoff(rows, path, title="Speed/accuracy trade-off"):
     plt.close(fig)
 
 
-def tradeoff_figure(rows, title="Speed/accuracy trade-off"):
-    """The figure :func:`plot_tradeoff` writes (the caller closes it)."""
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+def _log_axis(axis):
+    axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    # minor ticks at 2 and 5 of each decade, labelled; at 3, 4, 6 to 9 the labels overlapped
+    axis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+
+
+def _panel(ax, rows, x_of, xlabel):
+    """One scatter of mAP against ``x_of(row)`` (rows without it are left out); returns the
+    styles drawn."""
+    drawn = []
     for r in rows:
-        if not r["latency_ms"]:
+        x = x_of(r)
+        if not x:
             continue
-        marker, color = _STYLES[_style(r)][:2]
+        style = _style(r)
+        marker, color = _STYLES[style][:2]
         busy = _busy(r)  # hollow, and said in the label: its latency is not to be trusted
         ax.errorbar(
-            r["latency_ms"], r["mAP"], yerr=r["mAP_std"] if r["runs"] > 1 else None,
+            x, r["mAP"], yerr=r["mAP_std"] if r["runs"] > 1 else None,
             fmt=marker, color=color, capsize=3, markersize=7,
             markerfacecolor="none" if busy else color,
         )  # fmt: skip
         label = r["name"] + (f" (CPU busy: {r['other_cpu_load']:.1f})" if busy else "")
-        ax.annotate(label, (r["latency_ms"], r["mAP"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)  # fmt: skip
+        ax.annotate(label, (x, r["mAP"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        drawn.append((style, busy))
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    # minor ticks at 2 and 5 of each decade, labelled; at 3, 4, 6 to 9 the labels overlapped
-    ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
-    ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
-    ax.set_xlabel(f"latency at batch 1 (ms, log scale) on {rows[0].get('device')}")
+    ax.margins(x=0.25)  # room for the labels of the rightmost points
+    _log_axis(ax.xaxis)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mAP (%)")
-    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    shown = dict.fromkeys(_style(r) for r in rows if r["latency_ms"])
+    return drawn
+
+
+def tradeoff_figure(rows, title="Speed/accuracy trade-off"):
+    """The figure :func:`plot_tradeoff` writes (the caller closes it): latency on the left,
+    multiply-adds on the right (the classical pipeline has none counted)."""
+    fig, (by_latency, by_macs) = plt.subplots(1, 2, figsize=(13, 5), dpi=120, sharey=True)
+    drawn = _panel(
+        by_latency, rows, lambda r: r["latency_ms"],
+        f"latency at batch 1 (ms, log scale) on {rows[0].get('device')}",
+    )  # fmt: skip
+    _panel(by_macs, rows, lambda r: r["macs"] and r["macs"] / 1e9,
+           "multiply-adds per image (G, log scale)")  # fmt: skip
+    by_macs.yaxis.set_tick_params(labelleft=True)
+    fig.suptitle(title)
+    shown = dict.fromkeys(style for style, _ in drawn)
     handles = [
         plt.Line2D([], [], marker=m, color=c, ls="", label=label)
         for m, c, label in (_STYLES[style] for style in _STYLES if style in shown)
     ]
-    if any(_busy(r) for r in rows if r["latency_ms"]):
+    if any(busy for _, busy in drawn):
         handles.append(
             plt.Line2D([], [], marker="o", color="k", markerfacecolor="none", ls="",
                        label="hollow: CPU busy, speed unreliable")
         )  # fmt: skip
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below the panels
     return fig
 
 

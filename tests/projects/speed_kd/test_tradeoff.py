@@ -233,3 +233,25 @@ def test_latency_axis_labels_do_not_overlap(latencies):
     assert len(boxes) >= 2  # a scale to read, even within one decade
     for left, right in zip(boxes, boxes[1:]):
         assert left.x1 < right.x0, (left, right)
+
+
+def test_accuracy_is_drawn_against_latency_and_against_multiply_adds():
+    from speed_kd.tradeoff import plt, tradeoff_figure
+
+    records = [
+        {**_record("teacher", 50.0, 45.0, 20.0, macs=3e8), "distilled": False},
+        {**_record("student +KD", 40.0, 35.0, 5.0, macs=2.5e7), "distilled": True},
+        _record("LOMO+XQDA", 10.0, 12.0, 40.0, kind="classical", macs=None),
+    ]
+    fig = tradeoff_figure(summarise(records))
+    by_latency, by_macs = fig.axes
+    points = {
+        ax: sorted(
+            (round(float(x), 3), float(y)) for line in ax.lines for x, y in line.get_xydata()
+        )
+        for ax in (by_latency, by_macs)
+    }
+    plt.close(fig)
+    assert points[by_latency] == [(5.0, 40.0), (20.0, 50.0), (40.0, 10.0)]
+    assert points[by_macs] == [(0.025, 40.0), (0.3, 50.0)]  # G multiply-adds; LOMO has none
+    assert "multiply-adds" in by_macs.get_xlabel() and "latency" in by_latency.get_xlabel()
