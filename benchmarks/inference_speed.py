@@ -57,37 +57,32 @@ import kdreid  # noqa: E402, F401  (repairs fastreid before it is imported)
 
 # isort: split
 from mixed_precision import (  # noqa: E402
-    DEFAULT_GEMM,
-    TRAIN_CONFIG,
-    TRAIN_SEED,
     _Parser,
+    add_model_arguments,
+    check_model_arguments,
     conv_dtypes,
     extract_and_evaluate,
+    finish_run,
     gemm_rates,
-    machine,
-    train_descriptor_model,
-    training_opts,
+    load_note,
+    start_run,
+    trained_model,
 )
 
 import mdpr  # noqa: E402, F401  (registers MDPR)
-from harness.runs import check_reuse, main_of_runs  # noqa: E402
+from harness.runs import main_of_runs  # noqa: E402
 from kdreid.benchmark import (  # noqa: E402
-    OTHER_LOAD_WARNING,
     OtherCpuLoad,
-    busy_warning,
     count_macs,
     measure_throughput,
-    write_record,
 )
-from kdreid.checkpoint import atomic_write  # noqa: E402
-from kdreid.cli import at_least, build_inference_model, check_output_dir, finite_above  # noqa: E402
+from kdreid.cli import at_least, build_inference_model, finite_above  # noqa: E402
 from kdreid.config import autocast_dtype, get_cfg, merge_from_file  # noqa: E402
 from kdreid.deploy import cast_weights_for_autocast, fold_batchnorm  # noqa: E402
 from kdreid.engine import Trainer  # noqa: E402
 from kdreid.engine.evaluate import deploy_model  # noqa: E402
 from kdreid.engine.trainer import AutocastForward  # noqa: E402
 from kdreid.engine.validation import check_config  # noqa: E402
-from kdreid.errors import UserInputError  # noqa: E402
 
 MODELS = {
     "R50": ("ResNet-50 bag of tricks", "configs/Market1501/bagtricks_R50.yml"),
@@ -130,39 +125,11 @@ def parse_args(argv=None):
         "--time-budget", type=finite_above(0), default=2.0,
         help="seconds of timed passes per path and round, and per GEMM size (at least 3 passes)",
     )  # fmt: skip
-    parser.add_argument(
-        "--gemm-sizes", type=positive, nargs="+", default=None, metavar="N",
-        help="square matrices of the GEMM peak (default "
-        f"{' '.join(map(str, DEFAULT_GEMM['cpu']))} on the CPU, "
-        f"{' '.join(map(str, DEFAULT_GEMM['cuda']))} on CUDA)",
-    )  # fmt: skip
-    parser.add_argument("--config", default=None, help="the trained model's config (accuracy)")
-    parser.add_argument("--weights", default=None, help="its checkpoint (with --config)")
-    parser.add_argument(
-        "--train-config", default=TRAIN_CONFIG,
-        help=f"without --weights: the config trained for the accuracy (default {TRAIN_CONFIG})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--train-epochs", type=positive, default=6, help="without --weights (default 6)"
-    )
+    add_model_arguments(parser, "accuracy")
     parser.add_argument("--output-dir", default=os.path.join(REPO, "logs", "inference_speed"))
     args = parser.parse_args(argv)
-    args.output_dir = os.path.abspath(args.output_dir)
-    if (args.config is None) != (args.weights is None):
-        raise UserInputError("--config and --weights go together: give both, or neither")
-    for flag, path in (("--config", args.config), ("--weights", args.weights)):
-        if path is not None and not os.path.isfile(path):
-            raise UserInputError(f"{flag}: no file '{path}'")
-    train_config = args.train_config
-    if not os.path.isfile(train_config):
-        train_config = os.path.join(REPO, train_config)
-    if not os.path.isfile(train_config):
-        raise UserInputError(f"--train-config: no file '{args.train_config}'")
-    args.train_config = os.path.abspath(train_config)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda, but torch sees no CUDA device")
+    check_model_arguments(args)
     args.batch = args.batch or DEFAULT_BATCH[args.device]
-    args.gemm_sizes = args.gemm_sizes or list(DEFAULT_GEMM[args.device])
     return args
 
 
@@ -362,17 +329,7 @@ def markdown(result):
             f"| {m['mAP'] - a['reference']['mAP']:+.2f} | {m['relative_change']:.1e} "
             f"| {m['seconds']:.1f} |"
         )
-    load = result.get("other_cpu_load")
-    if load is not None and load >= OTHER_LOAD_WARNING:
-        lines += [
-            "",
-            f"WARNING: other processes kept {load} CPUs busy during the timings: they are "
-            "unreliable; measure again on an idle machine.",
-        ]
-    elif load is None and result.get("busy_warning"):
-        lines += ["", result["busy_warning"] + "."]
-    else:
-        lines += ["", f"Other processes kept {load} CPUs busy during the timings."]
+    lines += ["", load_note(result)]
     return "\n".join(lines)
 
 
@@ -384,23 +341,7 @@ def main(argv=None):
             holds a trained model of other settings; all found before anything is timed.
     """
     args = parse_args(argv)
-    device = torch.device(args.device)
-    check_output_dir(args.output_dir)
-    if args.weights is None:
-        check_reuse(os.path.join(args.output_dir, "trained"), args.train_config, TRAIN_SEED,
-                    training_opts(args.train_epochs))  # fmt: skip
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    result = machine(device)
-    result["busy_warning"] = busy_warning()
-    print(
-        f"Inference benchmark on {result['device_name']}: torch {result['torch']}, "
-        f"{result['threads']} threads, mixed type {result['mixed_dtype']}"
-        + (" (EMULATED on this CPU: slower than float32)" if result["emulated"] else ""),
-        flush=True,
-    )
-    if result["busy_warning"]:
-        print(result["busy_warning"], flush=True)
+    device, result = start_run(args, "Inference benchmark")
     result.update(batch=args.batch, rounds=args.rounds)
     with OtherCpuLoad() as others:
         result["gemm"] = gemm_rates(device, args.gemm_sizes, args.time_budget)
@@ -410,18 +351,10 @@ def main(argv=None):
                 name, args, device, result["gemm"], result["mixed_dtype"]
             )
     result["other_cpu_load"] = None if others.cpus is None else round(others.cpus, 2)
-    if args.weights is None:
-        config, weights, how, _ = train_descriptor_model(args)
-    else:
-        config, weights = args.config, args.weights
-        how = "given with --config and --weights"
+    config, weights, how, _ = trained_model(args)
     print("Accuracy", flush=True)
     result["accuracy"] = accuracy(config, weights, device, how)
-    write_record(os.path.join(args.output_dir, JSON_NAME), result)
-    text = markdown(result)
-    atomic_write(os.path.join(args.output_dir, MD_NAME), lambda f: f.write(text + "\n"), mode="w")
-    print("\n" + text)
-    print(f"\nWrote {os.path.join(args.output_dir, JSON_NAME)} and {MD_NAME}")
+    finish_run(args, result, markdown(result), JSON_NAME, MD_NAME)
     return result
 
 

@@ -130,6 +130,53 @@ def image_size(text):
     return height, width
 
 
+def add_model_arguments(parser, purpose):
+    """The flags this script shares with ``inference_speed.py``: ``--gemm-sizes``, and the trained
+    model (``--config`` and ``--weights``, or ``--train-config`` and ``--train-epochs``) that the
+    ``purpose`` section extracts."""
+    positive = at_least(1)
+    parser.add_argument(
+        "--gemm-sizes", type=positive, nargs="+", default=None, metavar="N",
+        help="square matrices of the GEMM peak, the best rate of them (default "
+        f"{' '.join(map(str, DEFAULT_GEMM['cpu']))} on the CPU, "
+        f"{' '.join(map(str, DEFAULT_GEMM['cuda']))} on CUDA)",
+    )  # fmt: skip
+    parser.add_argument("--config", default=None, help=f"the trained model's config ({purpose})")
+    parser.add_argument("--weights", default=None, help="its checkpoint (with --config)")
+    parser.add_argument(
+        "--train-config", default=TRAIN_CONFIG,
+        help=f"without --weights: the config trained for the {purpose} (default {TRAIN_CONFIG})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--train-epochs", type=positive, default=6, help="without --weights (default 6)"
+    )
+
+
+def check_model_arguments(args):
+    """The checks of :func:`add_model_arguments`' flags and ``--device`` (in place: paths made
+    absolute, the GEMM sizes' default for the device).
+
+    Raises:
+        UserInputError: naming the flag.
+    """
+    args.output_dir = os.path.abspath(args.output_dir)
+    if (args.config is None) != (args.weights is None):
+        raise UserInputError("--config and --weights go together: give both, or neither")
+    for flag, path in (("--config", args.config), ("--weights", args.weights)):
+        if path is not None and not os.path.isfile(path):
+            raise UserInputError(f"{flag}: no file '{path}'")
+    # The training runs from the repository root: a path from here, else from there.
+    train_config = args.train_config
+    if not os.path.isfile(train_config):
+        train_config = os.path.join(REPO, train_config)
+    if not os.path.isfile(train_config):
+        raise UserInputError(f"--train-config: no file '{args.train_config}'")
+    args.train_config = os.path.abspath(train_config)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda, but torch sees no CUDA device")
+    args.gemm_sizes = args.gemm_sizes or list(DEFAULT_GEMM[args.device])
+
+
 def parse_args(argv=None):
     parser = _Parser(description=" ".join(__doc__.split("\n\n")[0].split()))
     positive = at_least(1)
@@ -154,40 +201,11 @@ def parse_args(argv=None):
         "--time-budget", type=finite_above(0), default=2.0,
         help="seconds of timed calls per extraction and GEMM measurement (at least 3 calls)",
     )  # fmt: skip
-    parser.add_argument(
-        "--gemm-sizes", type=positive, nargs="+", default=None, metavar="N",
-        help="square matrices of the GEMM peak, the best rate of them (default "
-        f"{' '.join(map(str, DEFAULT_GEMM['cpu']))} on the CPU, "
-        f"{' '.join(map(str, DEFAULT_GEMM['cuda']))} on CUDA)",
-    )  # fmt: skip
-    parser.add_argument("--config", default=None, help="the trained model's config (descriptor)")
-    parser.add_argument("--weights", default=None, help="its checkpoint (with --config)")
-    parser.add_argument(
-        "--train-config", default=TRAIN_CONFIG,
-        help=f"without --weights: the config trained for the descriptor (default {TRAIN_CONFIG})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--train-epochs", type=positive, default=6, help="without --weights (default 6)"
-    )
+    add_model_arguments(parser, "descriptor")
     parser.add_argument("--output-dir", default=os.path.join(REPO, "logs", "mixed_precision"))
     args = parser.parse_args(argv)
-    args.output_dir = os.path.abspath(args.output_dir)
-    if (args.config is None) != (args.weights is None):
-        raise UserInputError("--config and --weights go together: give both, or neither")
-    for flag, path in (("--config", args.config), ("--weights", args.weights)):
-        if path is not None and not os.path.isfile(path):
-            raise UserInputError(f"{flag}: no file '{path}'")
-    # The training runs from the repository root: a path from here, else from there.
-    train_config = args.train_config
-    if not os.path.isfile(train_config):
-        train_config = os.path.join(REPO, train_config)
-    if not os.path.isfile(train_config):
-        raise UserInputError(f"--train-config: no file '{args.train_config}'")
-    args.train_config = os.path.abspath(train_config)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda, but torch sees no CUDA device")
+    check_model_arguments(args)
     args.batch = args.batch or DEFAULT_BATCH[args.device]
-    args.gemm_sizes = args.gemm_sizes or list(DEFAULT_GEMM[args.device])
     return args
 
 
@@ -473,6 +491,21 @@ def descriptor_effect(config, weights, device, how, record=None):
 # --- the report --------------------------------------------------------------------------------
 
 
+def load_note(result):
+    """What other processes did during the timings (measured by :class:`OtherCpuLoad`), or, where
+    that could not be measured, the load average before the run (a decaying average of what may
+    have ended)."""
+    load = result.get("other_cpu_load")
+    if load is not None and load >= OTHER_LOAD_WARNING:
+        return (
+            f"WARNING: other processes kept {load} CPUs busy during the timings: they are "
+            "unreliable; measure again on an idle machine."
+        )
+    if load is None and result.get("busy_warning"):
+        return result["busy_warning"] + "."
+    return f"Other processes kept {load} CPUs busy during the timings."
+
+
 def emulation_note(result):
     """The plain statement of emulated bfloat16 (empty where it is native or on CUDA)."""
     if not result["emulated"]:
@@ -566,23 +599,57 @@ def markdown(result):
             f"The training run's `--eval-only` record gives float32 mAP "
             f"{d['eval_only_float32_mAP']:.2f}."
         )
-    # What other processes did during the timings decides; the load average before the run (a
-    # decaying average of what may have ended) only where that could not be measured.
-    load = result.get("other_cpu_load")
-    if load is not None and load >= OTHER_LOAD_WARNING:
-        lines += [
-            "",
-            f"WARNING: other processes kept {load} CPUs busy during the timings: they are "
-            "unreliable; measure again on an idle machine.",
-        ]
-    elif load is None and result.get("busy_warning"):
-        lines += ["", result["busy_warning"] + "."]
-    else:
-        lines += ["", f"Other processes kept {load} CPUs busy during the timings."]
+    lines += ["", load_note(result)]
     return "\n".join(lines)
 
 
 # --- the run -----------------------------------------------------------------------------------
+
+
+def start_run(args, title):
+    """What this script and ``inference_speed.py`` do before anything is timed: check the output
+    folder and the trained model it would reuse (one of other settings is refused now, not in
+    minutes), turn on cuDNN's autotuning on CUDA, and print the machine under ``title``.
+
+    Returns:
+        (torch.device, dict): ``--device``, and the result so far (:func:`machine`).
+    """
+    device = torch.device(args.device)
+    check_output_dir(args.output_dir)
+    if args.weights is None:
+        check_reuse(os.path.join(args.output_dir, "trained"), args.train_config, TRAIN_SEED,
+                    training_opts(args.train_epochs))  # fmt: skip
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the configs' CUDNN_BENCHMARK
+    result = machine(device)
+    result["busy_warning"] = busy_warning()
+    print(
+        f"{title} on {result['device_name']}: capability {result['cpu_capability']}, native "
+        f"bfloat16 {result['native_bfloat16']}, torch {result['torch']} with "
+        f"{result['threads']} threads; mixed type {result['mixed_dtype']}"
+        + (" (EMULATED on this CPU: slower than float32)" if result["emulated"] else ""),
+        flush=True,
+    )
+    if result["busy_warning"]:
+        print(result["busy_warning"], flush=True)
+    return device, result
+
+
+def trained_model(args):
+    """The trained model of :func:`add_model_arguments`: ``(config, weights, how, record)``,
+    trained by :func:`train_descriptor_model` unless ``--config`` and ``--weights`` name it."""
+    if args.weights is None:
+        return train_descriptor_model(args)
+    return args.config, args.weights, "given with --config and --weights", None
+
+
+def finish_run(args, result, text, json_name, md_name):
+    """Write ``result`` (JSON) and ``text`` (markdown) to ``--output-dir``, atomically, and print
+    the text."""
+    write_record(os.path.join(args.output_dir, json_name), result)
+    atomic_write(os.path.join(args.output_dir, md_name), lambda f: f.write(text + "\n"), mode="w")
+    print("\n" + text)
+    print(f"\nWrote {os.path.join(args.output_dir, json_name)} and {md_name}")
 
 
 def main(argv=None):
@@ -593,25 +660,8 @@ def main(argv=None):
             holds a trained model of other settings; all found before anything is timed.
     """
     args = parse_args(argv)
-    device = torch.device(args.device)
-    check_output_dir(args.output_dir)
-    if args.weights is None:  # a trained model of other settings: refused now, not in minutes
-        check_reuse(os.path.join(args.output_dir, "trained"), args.train_config, TRAIN_SEED,
-                    training_opts(args.train_epochs))  # fmt: skip
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the configs' CUDNN_BENCHMARK, for training
-    result = machine(device)
-    result["busy_warning"] = busy_warning()
+    device, result = start_run(args, "Mixed precision benchmark")
     mixed = result["mixed_dtype"]
-    print(
-        f"Mixed precision benchmark on {result['device_name']}: capability "
-        f"{result['cpu_capability']}, native bfloat16 {result['native_bfloat16']}, torch "
-        f"{result['torch']} with {result['threads']} threads; mixed type {mixed}"
-        + (" (EMULATED on this CPU: slower than float32)" if result["emulated"] else ""),
-        flush=True,
-    )
-    if result["busy_warning"]:
-        print(result["busy_warning"], flush=True)
     result.update(
         input_size=list(args.size), batch=args.batch, num_classes=args.num_classes,
         steps=args.steps,
@@ -622,18 +672,10 @@ def main(argv=None):
         for name in args.models:
             result["models"][name] = model_speed(name, args, device, result["gemm"], mixed)
     result["other_cpu_load"] = None if others.cpus is None else round(others.cpus, 2)
-    if args.weights is None:
-        config, weights, how, record = train_descriptor_model(args)
-    else:
-        config, weights, record = args.config, args.weights, None
-        how = "given with --config and --weights"
+    config, weights, how, record = trained_model(args)
     print("Descriptor", flush=True)
     result["descriptor"] = descriptor_effect(config, weights, device, how, record)
-    write_record(os.path.join(args.output_dir, JSON_NAME), result)
-    text = markdown(result)
-    atomic_write(os.path.join(args.output_dir, MD_NAME), lambda f: f.write(text + "\n"), mode="w")
-    print("\n" + text)
-    print(f"\nWrote {os.path.join(args.output_dir, JSON_NAME)} and {MD_NAME}")
+    finish_run(args, result, markdown(result), JSON_NAME, MD_NAME)
     return result
 
 
