@@ -87,13 +87,14 @@ def foldable_pairs(model: nn.Module, example: torch.Tensor) -> list[FoldedPair]:
 
     def after_conv(module, _inputs, output):
         calls[module] = calls.get(module, 0) + 1
-        produced[id(output)] = (module, output)
+        produced[id(output)] = (module, output, output._version, output.grad_fn)
 
     def before_norm(module, inputs):
         calls[module] = calls.get(module, 0) + 1
         source = produced.get(id(inputs[0]))
-        if source is not None and source[1] is inputs[0]:
-            candidates.append((source[0], module, inputs[0]))
+        # the very tensor the convolution returned, not changed in place since (a ReLU_)
+        if source is not None and source[1] is inputs[0] and source[2] == inputs[0]._version:
+            candidates.append((source[0], module, source[3]))
 
     handles = []
     for module in names:
@@ -111,10 +112,10 @@ def foldable_pairs(model: nn.Module, example: torch.Tensor) -> list[FoldedPair]:
             handle.remove()
     readers = _readers(t.grad_fn for t in _outputs(outputs))
     pairs = []
-    for conv, norm, tensor in candidates:
+    for conv, norm, node in candidates:
         if calls[conv] != 1 or calls[norm] != 1:
             continue  # a module run twice: folding would change its other uses
-        if tensor.grad_fn is None or readers.get(tensor.grad_fn, 0) != 1:
+        if node is None or readers.get(node, 0) != 1:
             continue  # the convolution's output is read by something else too
         pairs.append(FoldedPair(names[conv], names[norm]))
     return pairs

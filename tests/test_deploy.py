@@ -31,7 +31,8 @@ def _randomise_norms(model, seed=0):
 class Cases(nn.Module):
     """One BatchNorm of each kind: foldable (with and without a conv bias, FastReID's frozen one,
     a 1-d one) and not (its conv's output also read by a skip connection; a BatchNorm called
-    twice; one after a pooling; a 1-d one after a linear layer)."""
+    twice; one reading the convolution's output after an in-place ReLU; one after a pooling; a
+    1-d one after a linear layer)."""
 
     def __init__(self):
         super().__init__()
@@ -40,6 +41,7 @@ class Cases(nn.Module):
         self.conv_c, self.bn_c = nn.Conv2d(8, 8, 3, padding=1, groups=8), FrozenBatchNorm(8)
         self.conv_skip, self.bn_skip = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
         self.conv_twice, self.bn_twice = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.conv_relu, self.bn_relu = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
         self.bn_pooled = nn.BatchNorm2d(8)
         self.conv1d, self.bn1d = nn.Conv1d(8, 8, 1), nn.BatchNorm1d(8)
         self.linear, self.bn_linear = nn.Linear(8, 6), nn.BatchNorm1d(6)
@@ -52,6 +54,7 @@ class Cases(nn.Module):
         x = self.bn_skip(skip) + skip
         x = self.bn_twice(self.conv_twice(x))
         x = self.bn_twice(x)
+        x = self.bn_relu(torch.relu_(self.conv_relu(x)))  # the same tensor, changed in place
         x = self.bn_pooled(nn.functional.avg_pool2d(x, 2))
         x = self.bn1d(self.conv1d(x.flatten(2))).mean(2)
         return self.bn_linear(self.linear(x))
@@ -72,7 +75,7 @@ def test_only_a_convolutions_sole_reader_folds():
     assert len(fold_batchnorm(model, x)) == 4
     for name in ("bn_a", "bn_b", "bn_c", "bn1d"):
         assert isinstance(getattr(model, name), nn.Identity)
-    for name in ("bn_skip", "bn_twice", "bn_pooled", "bn_linear"):
+    for name in ("bn_skip", "bn_twice", "bn_relu", "bn_pooled", "bn_linear"):
         assert not isinstance(getattr(model, name), nn.Identity)
     with torch.no_grad():
         after = model(x)
